@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3.11
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test browser bench-quick clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+# Debian's Chromium for the browser tests; never `playwright install` (it downloads).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; browser tests will be skipped"; }
+
+demo: install
+	$(PY) -m comining demo
+
+test: install browser
+	$(PY) -m pytest -q --timeout=900 tests
+
+bench-quick: install
+	$(PY) benchmarks/speed.py --quick
+	$(PY) benchmarks/accuracy.py --quick
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

@@ -1,0 +1,3 @@
+from comining.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny generated dataset, a CLI runner, file hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None, timeout=600, env=None):
+    """Run `python -m comining ARGS` in a subprocess; returns CompletedProcess (text)."""
+    full_env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "comining", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assert_clean_error(proc, *needles, code=2):
+    """A one-line (or few-line) error naming the problem, the right exit code, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert 1 <= len(lines) <= 3, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A generated dataset: 16 train + 6 val images of 128 px, 3 classes."""
+    from comining.synth import generate
+
+    out = tmp_path_factory.mktemp("tiny")
+    generate(out, train=16, val=6, size=128, classes=3, seed=0)
+    return out
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path

@@ -1,0 +1,151 @@
+"""The one explicit configuration object of a training run, saved in RUN_DIR/config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from comining.errors import InputError
+
+DETECTORS = ("retinanet", "fcos")
+BACKBONES = ("resnet50", "resnet18", "resnet34", "resnet101", "mobilenet_v3")
+METHODS = ("comining", "original", "augmented", "joint", "self")
+AUGMENTS_HELP = ("second view: color = ColorJitter(0.8, 0.8, 0.8, 0.2) with p 0.8 (the authors'), "
+                 "blur = Gaussian blur with p 0.5, or both")
+# Which views each method forwards, and whose pseudo boxes supervise each view.
+METHOD_VIEWS = {
+    "original": ("original",),
+    "augmented": ("augmented",),
+    "joint": ("original", "augmented"),
+    "self": ("original",),
+    "comining": ("original", "augmented"),
+}
+# target view -> the view whose pseudo boxes are added to its annotations
+METHOD_PSEUDO_SOURCE = {
+    "original": {},
+    "augmented": {},
+    "joint": {},
+    "self": {"original": "original"},
+    "comining": {"original": "augmented", "augmented": "original"},
+}
+
+
+@dataclass
+class MiningThresholds:
+    """Co-generation thresholds (the authors' code: RetinaNet 0.6/0.5, FCOS 0.5/0.6; 0.4)."""
+
+    score_thresh: float       # tau: per-class sigmoid score (FCOS: before centerness)
+    nms_iou: float            # theta1: class-wise NMS
+    gt_iou: float = 0.4       # theta2: drop when a same-class annotation overlaps more
+    max_per_image: int = 100
+    crowd_ioa: float = 0.5    # drop when this much of the box lies in a crowd region
+
+    @classmethod
+    def for_detector(cls, detector: str, **overrides) -> "MiningThresholds":
+        base = {"retinanet": dict(score_thresh=0.6, nms_iou=0.5),
+                "fcos": dict(score_thresh=0.5, nms_iou=0.6)}[detector]
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    images: str
+    ann: str
+    run: str
+    detector: str = "retinanet"
+    backbone: str = "resnet50"
+    method: str = "comining"
+    augment: str = "color"
+    iters: int = 90_000
+    batch_size: int = 16
+    image_size: int = 800               # longer side; images are padded to a square
+    fpn_channels: int = 256             # FPN and head width (64: the light CPU setting)
+    checkpoint_every: int = 5_000
+    weights_backbone: str = "imagenet"  # imagenet | none | PATH
+    init: str | None = None             # a detector checkpoint to start from
+    device: str = "auto"
+    seed: int = 0
+    lr: float | None = None             # default: 0.01 * batch_size / 16 (the paper's)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int | None = None     # default: the paper's 1k of 90k, scaled
+    num_workers: int = 2
+    log_every: int = 20
+    mine: bool = True                   # mine the training set at every checkpoint
+    hidden: str | None = None           # HIDDEN.json of a sparsified set, for mining scores
+    thresholds: MiningThresholds = field(default=None)
+    amp: str = "auto"                   # auto (bf16 on CUDA) | bf16 | off
+    channels_last: str = "auto"
+
+    def __post_init__(self):
+        if isinstance(self.thresholds, dict):
+            self.thresholds = MiningThresholds(**self.thresholds)
+        if self.thresholds is None:
+            self.thresholds = MiningThresholds.for_detector(self.detector)
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(msg):
+            raise InputError(None, msg)
+        if self.detector not in DETECTORS:
+            bad(f"unknown detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
+        if self.backbone not in BACKBONES:
+            bad(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.method not in METHODS:
+            bad(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.augment not in ("color", "blur", "color+blur"):
+            bad(f"unknown augment {self.augment!r}; choose color, blur or color+blur")
+        for name in ("iters", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                bad(f"--{name.replace('_', '-')} must be at least 1")
+        if self.fpn_channels < 32 or self.fpn_channels % 32:
+            bad("--fpn-channels must be a multiple of 32")
+        if self.image_size < 64:
+            bad("--image-size must be at least 64")
+        t = self.thresholds
+        if not (0 <= t.score_thresh <= 1 and 0 < t.nms_iou <= 1 and 0 < t.gt_iou <= 1):
+            bad("thresholds must be within [0, 1]")
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else 0.01 * self.batch_size / 16
+
+    @property
+    def warmup(self) -> int:
+        if self.warmup_iters is not None:
+            return self.warmup_iters
+        # The paper's 1k of 90k; short runs (often from scratch) get at least 10% up to 100.
+        return max(1, min(1000, max(round(self.iters / 90), min(100, self.iters // 10))))
+
+    @property
+    def lr_steps(self) -> tuple[int, int]:
+        """The paper's steps at 60k and 80k of 90k, scaled."""
+        return round(self.iters * 60 / 90), round(self.iters * 80 / 90)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["thresholds"] = self.thresholds.as_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def save(self, path: Path) -> None:
+        from comining.fileio import atomic_write_json
+        atomic_write_json(path, self.as_dict(), indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        from comining.fileio import read_json
+        d = read_json(path)
+        if not isinstance(d, dict) or "ann" not in d:
+            raise InputError(path, "not a comining run config")
+        return cls.from_dict(d)

@@ -1,0 +1,328 @@
+"""The training loop: co-mining (or a baseline) with checkpoints, resume and mining.
+
+Run directory:
+  config.json             the full TrainConfig
+  checkpoints/iter_*.pt   {"model": stock torchvision state dict, "optimizer", "scheduler",
+                           "iteration", "rng", "config", "categories"}
+  metrics.jsonl           one json line per logging step
+  comining.sqlite         the mined candidates and review decisions (comining.store)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from comining import store
+from comining.augment import make_view_augmenter
+from comining.coco import CocoDataset, load_coco
+from comining.config import TrainConfig
+from comining.data import DetectionDataset, TrainingSampler, make_loader
+from comining.errors import CominingError, InputError
+from comining.fileio import atomic_write_bytes
+from comining.mining import gather_candidates, mine_dataset, record
+from comining.model import DenseForward, DenseNet, build_detector, load_init
+from comining.siamese import training_step
+
+CHECKPOINT_RE = re.compile(r"iter_(\d+)\.pt$")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for p in (run_dir / "checkpoints").glob("iter_*.pt"):
+        m = CHECKPOINT_RE.search(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def lr_factor(it: int, config: TrainConfig) -> float:
+    """Linear warm-up from 0.001, then x0.1 at each of the scaled steps."""
+    warm = config.warmup
+    factor = 0.001 + (1 - 0.001) * it / warm if it < warm else 1.0
+    return factor * (0.1 ** sum(it >= s for s in config.lr_steps))
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+class RunContext:
+    """Everything a run needs in memory: config, dataset, detector, device."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, coco: CocoDataset, device: torch.device,
+                 ddp: Distributed | None = None):
+        self.config, self.run_dir, self.coco, self.device = config, run_dir, coco, device
+        self.ddp = ddp or Distributed()
+        self.detector = build_detector(config.detector, config.backbone, len(coco.categories),
+                                       image_size=config.image_size,
+                                       weights_backbone=config.weights_backbone,
+                                       fpn_channels=config.fpn_channels)
+        cuda = device.type == "cuda"
+        self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+        amp = config.amp == "bf16" or (config.amp == "auto" and cuda)
+        self.detector.to(device)
+        if self.channels_last:
+            self.detector.to(memory_format=torch.channels_last)
+        net = DenseNet(self.detector)
+        if self.ddp.world_size > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[device.index] if cuda else None, broadcast_buffers=False)
+        self.dense = DenseForward(self.detector, net, autocast_dtype=torch.bfloat16 if amp else None,
+                                  channels_last=self.channels_last)
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # one fixed input shape per run
+        self.train_dataset = DetectionDataset(coco, config.image_size)
+        self.mining_dataset = self.train_dataset
+
+    @classmethod
+    def open(cls, run_dir: Path, *, device: str = "auto") -> "RunContext":
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.exists():
+            raise InputError(run_dir, "not a comining run directory (no config.json)")
+        config = TrainConfig.load(cfg_path)
+        coco = load_coco(config.ann, config.images)
+        return cls(config, run_dir, coco, resolve_device(device if device != "auto" else config.device))
+
+    def checkpoint_path(self, which: str | int = "last") -> tuple[int, Path]:
+        found = list_checkpoints(self.run_dir)
+        if not found:
+            raise InputError(self.run_dir, "this run has no checkpoint yet")
+        if which in ("last", None):
+            return found[-1]
+        for it, p in found:
+            if it == int(which):
+                return it, p
+        raise InputError(self.run_dir, f"no checkpoint at iteration {which}; have "
+                                       f"{', '.join(str(i) for i, _ in found)}")
+
+    def load_weights(self, path: Path) -> dict:
+        state = load_checkpoint(path)
+        self.detector.load_state_dict(state["model"])
+        return state
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+        raise InputError(path, "not a comining checkpoint")
+    return state
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(ctx: RunContext, iteration: int, optimizer, scheduler) -> Path:
+    import io
+
+    path = ctx.run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
+    buf = io.BytesIO()
+    torch.save({"model": ctx.detector.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "iteration": iteration,
+                "rng": _rng_state(ctx.device), "config": ctx.config.as_dict(),
+                "categories": ctx.coco.raw["categories"]}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: Path, coco: CocoDataset, resume: bool) -> None:
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.json"
+    if resume and cfg_path.exists():
+        old = TrainConfig.load(cfg_path).as_dict()
+        new = config.as_dict()
+        fixed = ("ann", "detector", "backbone", "method", "image_size", "batch_size", "seed", "augment")
+        changed = [k for k in fixed if old.get(k) != new.get(k)]
+        if changed:
+            raise InputError(cfg_path, f"--resume with other settings than the run's: {', '.join(changed)}")
+    config.save(cfg_path)
+    conn = store.connect(run_dir / store.STORE_NAME, create=True)
+    try:
+        store.write_dataset(conn, coco.raw["images"], coco.raw["categories"])
+        store.set_meta(conn, ann_path=str(Path(config.ann).resolve()),
+                       images_dir=str(Path(config.images).resolve()),
+                       hidden_path=str(Path(config.hidden).resolve()) if config.hidden else None,
+                       detector=config.detector, method=config.method)
+    finally:
+        conn.close()
+
+
+def _truncate_metrics(path: Path, last_iteration: int) -> None:
+    """On resume, drop the log lines a killed run wrote after its last checkpoint."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["iteration"] <= last_iteration:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue  # a line cut by the kill
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a run; mine the training set at every checkpoint. Returns RUN_DIR."""
+    ddp = Distributed.from_env()
+    device = resolve_device(config.device)
+    if ddp.world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", ddp.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    run_dir = Path(config.run)
+    existing = list_checkpoints(run_dir) if run_dir.exists() else []
+    if existing and not resume:
+        raise InputError(run_dir, "this run already has checkpoints: add --resume to continue it, "
+                                  "or choose a new --run folder")
+    torch.manual_seed(config.seed)
+    coco = load_coco(config.ann, config.images)
+    if len(coco) == 0:
+        raise InputError(config.ann, "the dataset has no images")
+    if ddp.main:
+        _prepare_run_dir(config, run_dir, coco, resume)
+    if ddp.world_size > 1:
+        dist.barrier()
+    ctx = RunContext(config, run_dir, coco, device, ddp)
+    if config.init and not existing:
+        load_init(ctx.detector, config.init)
+
+    params = [p for p in ctx.detector.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, config))
+    start = 0
+    if existing:
+        it0, path = existing[-1]
+        state = load_checkpoint(path)
+        ctx.detector.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], device)
+        start = state["iteration"]
+        if ddp.main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
+        if start >= config.iters:
+            return run_dir
+
+    sampler = TrainingSampler(len(ctx.train_dataset), config.batch_size, seed=config.seed, flip=True,
+                              start_iter=start, rank=ddp.rank, world_size=ddp.world_size)
+    loader = make_loader(ctx.train_dataset, batch_size=config.batch_size, shuffle=False,
+                         num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                         sampler=sampler, generator=torch.Generator().manual_seed(config.seed))
+    augmenter = make_view_augmenter(config.augment)
+    ctx.dense.net.train()
+    last_good = existing[-1][1] if existing else None
+
+    bar = None
+    if progress and ddp.main:
+        from tqdm import tqdm
+        bar = tqdm(total=config.iters, initial=start, desc=f"{config.method} {config.detector}",
+                   dynamic_ncols=True)
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if ddp.main else None
+    window_start, window_images = time.perf_counter(), 0
+    try:
+        for it, batch in zip(range(start, config.iters), loader):
+            batch = batch.to(device)
+            out = training_step(ctx.dense, batch, config.method, config.thresholds, augmenter)
+            if not torch.isfinite(out.loss):
+                parts = ", ".join(f"{k}={v:.4g}" for k, v in out.loss_parts.items())
+                raise CominingError(
+                    f"non-finite loss at iteration {it} ({parts}); training stopped, the last good "
+                    f"checkpoint is {last_good or 'none (no checkpoint yet)'}; try a lower --lr or a "
+                    f"higher --score-thresh")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            scheduler.step()
+            window_images += batch.images.shape[0] * ddp.world_size
+            done = it + 1
+            if done % config.log_every == 0 or done == config.iters:
+                elapsed = time.perf_counter() - window_start
+                row = {"iteration": done, "lr": optimizer.param_groups[0]["lr"],
+                       "loss": float(out.loss.detach()),
+                       **{f"loss_{v}": float(l) for v, l in out.view_losses.items()},
+                       **{f"pseudo_{v}": n for v, n in out.pseudo_counts.items()},
+                       "img_s": window_images / max(elapsed, 1e-9)}
+                if metrics_file:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                if bar:
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['img_s']:.1f}")
+                window_start, window_images = time.perf_counter(), 0
+            if bar:
+                bar.update(1)
+            if done % config.checkpoint_every == 0 or done == config.iters:
+                last_good = _checkpoint_and_mine(ctx, done, optimizer, scheduler, bar)
+                window_start, window_images = time.perf_counter(), 0
+    finally:
+        if bar:
+            bar.close()
+        if metrics_file:
+            metrics_file.close()
+    if ddp.world_size > 1:
+        dist.barrier()
+    return run_dir
+
+
+def _checkpoint_and_mine(ctx: RunContext, iteration: int, optimizer, scheduler, bar) -> Path:
+    path = None
+    if ctx.ddp.main:
+        path = save_checkpoint(ctx, iteration, optimizer, scheduler)
+    if ctx.config.mine:
+        if bar:
+            bar.set_description(f"mining at {iteration}")
+        cands = mine_dataset(ctx.dense, ctx.mining_dataset, ctx.config.thresholds,
+                             augment=ctx.config.augment, device=ctx.device,
+                             batch_size=ctx.config.batch_size, num_workers=ctx.config.num_workers,
+                             seed=ctx.config.seed + iteration, rank=ctx.ddp.rank,
+                             world_size=ctx.ddp.world_size)
+        cands = gather_candidates(cands, ctx.ddp.world_size)
+        if ctx.ddp.main:
+            record(ctx.run_dir, iteration=iteration, checkpoint_path=path,
+                   thresholds=ctx.config.thresholds, candidates=cands)
+        if bar:
+            bar.set_description(f"{ctx.config.method} {ctx.config.detector}")
+    return path or ctx.run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"

@@ -1,0 +1,64 @@
+"""Detections of a trained run's original view, in COCO results format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from comining.coco import load_coco
+from comining.data import DetectionDataset, boxes_to_original, make_loader
+from comining.engine import list_checkpoints, load_checkpoint, resolve_device
+from comining.config import TrainConfig
+from comining.errors import InputError
+from comining.model import DenseForward, build_detector, view_detections
+
+
+@torch.no_grad()
+def predict_dataset(run_dir, images_dir, ann_path, *, checkpoint: str | int = "last",
+                    device: str = "auto", batch_size: int = 8, num_workers: int = 2,
+                    score_thresh: float = 0.05) -> list[dict]:
+    """Test-time detections (torchvision's scores, test NMS, 100 per image) over a dataset
+    whose categories are the run's (by id); boxes as COCO xywh in original pixels."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise InputError(run_dir, "not a comining run directory (no config.json)")
+    config = TrainConfig.load(run_dir / "config.json")
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise InputError(run_dir, "this run has no checkpoint yet")
+    path = found[-1][1] if checkpoint in ("last", None) else dict(found).get(int(checkpoint))
+    if path is None:
+        raise InputError(run_dir, f"no checkpoint at iteration {checkpoint}")
+    state = load_checkpoint(path)
+    coco = load_coco(ann_path, images_dir)
+    run_ids = sorted(c["id"] for c in state["categories"])
+    if list(coco.categories.ids) != run_ids:
+        raise InputError(ann_path, f"categories {list(coco.categories.ids)} differ from the run's {run_ids}")
+    dev = resolve_device(device)
+    detector = build_detector(config.detector, config.backbone, len(run_ids),
+                              image_size=config.image_size, weights_backbone="none",
+                              fpn_channels=config.fpn_channels)
+    detector.load_state_dict(state["model"])
+    detector.to(dev).eval()
+    dense = DenseForward(detector, autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None)
+    dense.net.eval()
+    loader = make_loader(DetectionDataset(coco, config.image_size), batch_size=batch_size,
+                         shuffle=False, num_workers=num_workers, pin_memory=dev.type == "cuda")
+    record_of = {r.id: r for r in coco.images}
+    results = []
+    for batch in loader:
+        batch = batch.to(dev)
+        head, anchors, per_level = dense(batch.images)
+        dets = view_detections(detector, head, anchors, per_level, list(batch.valid_sizes),
+                               score_thresh=score_thresh, nms_iou=detector.nms_thresh,
+                               max_per_image=100, class_score=False)
+        for j, d in enumerate(dets):
+            rec = record_of[batch.image_ids[j]]
+            boxes = boxes_to_original(d["boxes"].cpu(), batch.scales[j], batch.valid_sizes[j],
+                                      batch.flipped[j], rec.width, rec.height)
+            for box, score, label in zip(boxes.tolist(), d["scores"].tolist(), d["labels"].tolist()):
+                results.append({"image_id": rec.id, "category_id": coco.categories.to_category_id(label),
+                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                                "score": float(score)})
+    return results

@@ -1,0 +1,99 @@
+"""Co-generation rules (the authors' code): score, NMS, same-class overlap, crowd, cap."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from comining.cogeneration import agreement, co_generate
+from comining.config import MiningThresholds
+
+T = MiningThresholds(score_thresh=0.6, nms_iou=0.5, gt_iou=0.4)
+NONE = torch.zeros((0, 4))
+NO_LABELS = torch.zeros((0,), dtype=torch.long)
+
+
+def boxes(*rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def kept(b, s, l, gt=NONE, gl=NO_LABELS, crowd=None, t=T):
+    return co_generate(b, torch.tensor(s), torch.tensor(l), gt, gl, crowd, t).tolist()
+
+
+def test_low_score_is_dropped_and_threshold_is_strict():
+    assert kept(boxes([0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]), [0.9, 0.6, 0.3], [0, 0, 0]) == [0]
+
+
+def test_nms_keeps_the_best_of_overlapping_same_class_boxes():
+    b = boxes([0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60])
+    assert kept(b, [0.7, 0.95, 0.8], [1, 1, 1]) == [1, 2]
+
+
+def test_nms_is_class_wise():
+    b = boxes([0, 0, 10, 10], [1, 0, 11, 10])
+    assert sorted(kept(b, [0.7, 0.95], [1, 2])) == [0, 1]
+
+
+def test_same_class_annotation_overlap_drops_the_box():
+    b = boxes([0, 0, 10, 10])
+    assert kept(b, [0.9], [3], gt=boxes([1, 1, 10, 10]), gl=torch.tensor([3])) == []
+
+
+def test_different_class_annotation_overlap_keeps_the_box():
+    b = boxes([0, 0, 10, 10])
+    assert kept(b, [0.9], [3], gt=boxes([0, 0, 10, 10]), gl=torch.tensor([4])) == [0]
+
+
+def test_overlap_at_or_below_gt_iou_keeps_the_box():
+    b = boxes([0, 0, 10, 10])
+    # IoU with [5, 0, 15, 10] is 50 / 150 = 0.333 < 0.4
+    assert kept(b, [0.9], [3], gt=boxes([5, 0, 15, 10]), gl=torch.tensor([3])) == [0]
+
+
+def test_boxes_inside_crowd_regions_are_dropped():
+    b = boxes([10, 10, 20, 20], [100, 100, 120, 120])
+    assert kept(b, [0.9, 0.9], [0, 0], crowd=boxes([0, 0, 50, 50])) == [1]
+
+
+def test_at_most_max_per_image_boxes():
+    n = 300
+    b = torch.stack([torch.tensor([i * 20.0, 0, i * 20.0 + 10, 10]) for i in range(n)])
+    s = torch.linspace(0.99, 0.7, n)
+    out = co_generate(b, s, torch.zeros(n, dtype=torch.long), NONE, NO_LABELS, None, T)
+    assert len(out) == 100 and out.tolist() == list(range(100))  # the best 100
+
+
+def test_agreement_matches_same_class_only():
+    a = boxes([0, 0, 10, 10], [50, 50, 60, 60])
+    b = boxes([1, 0, 11, 10], [50, 50, 60, 60])
+    ma, mb = agreement(a, torch.tensor([0, 1]), b, torch.tensor([0, 2]))
+    assert ma.tolist() == [0, -1] and mb.tolist() == [0, -1]
+
+
+box_strategy = st.tuples(st.floats(0, 100), st.floats(0, 100), st.floats(1, 50), st.floats(1, 50)).map(
+    lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(box_strategy, st.floats(0, 1), st.integers(0, 2)), max_size=40),
+       st.lists(st.tuples(box_strategy, st.integers(0, 2)), max_size=5))
+def test_invariants_hold_for_any_detections(dets, gts):
+    b = torch.tensor([d[0] for d in dets], dtype=torch.float32).reshape(-1, 4)
+    s = torch.tensor([d[1] for d in dets], dtype=torch.float32)
+    l = torch.tensor([d[2] for d in dets], dtype=torch.long)
+    gb = torch.tensor([g[0] for g in gts], dtype=torch.float32).reshape(-1, 4)
+    gl = torch.tensor([g[1] for g in gts], dtype=torch.long)
+    keep = co_generate(b, s, l, gb, gl, None, T)
+    assert len(keep) <= T.max_per_image
+    assert bool((s[keep] > T.score_thresh).all())
+    assert s[keep].tolist() == sorted(s[keep].tolist(), reverse=True)
+    if len(keep) and len(gb):
+        from torchvision.ops import box_iou
+        iou = box_iou(b[keep], gb)
+        same = l[keep][:, None] == gl[None, :]
+        assert not bool(((iou > T.gt_iou) & same).any())
+    # running it again on its own output changes nothing (idempotent)
+    again = co_generate(b[keep], s[keep], l[keep], gb, gl, None, T)
+    assert again.tolist() == list(range(len(keep)))

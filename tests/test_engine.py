@@ -1,0 +1,195 @@
+"""The training engine on CPU: methods, targets, checkpoints, resume, mining, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+
+from comining import siamese, store
+from comining.config import METHODS, MiningThresholds, TrainConfig
+from comining.engine import list_checkpoints, load_checkpoint, train
+from comining.errors import CominingError, InputError
+from conftest import assert_clean_error, run_cli
+
+torch.set_num_threads(2)
+
+
+def tiny_config(ds: Path, run: Path, **overrides) -> TrainConfig:
+    base = dict(images=str(ds / "images"), ann=str(ds / "annotations" / "train.json"), run=str(run),
+                backbone="mobilenet_v3", fpn_channels=32, image_size=96, batch_size=2, iters=2,
+                checkpoint_every=2, weights_backbone="none", device="cpu", num_workers=0,
+                log_every=1, mine=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("detector", ["retinanet", "fcos"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_with_finite_losses(tiny_dataset, tmp_path, detector, method):
+    run = train(tiny_config(tiny_dataset, tmp_path / "run", detector=detector, method=method),
+                progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for r in rows:
+        assert torch.isfinite(torch.tensor(r["loss"])) and r["loss"] > 0
+        views = {"original": ("original",), "augmented": ("augmented",)}.get(method, None)
+        expected = views or (("original",) if method == "self" else ("original", "augmented"))
+        assert {k[5:] for k in r if k.startswith("loss_")} == set(expected)
+
+
+class FakeBatch:
+    def __init__(self):
+        self.targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}]
+
+
+def pseudo_of(view):
+    x = 20.0 if view == "original" else 40.0
+    return [{"boxes": torch.tensor([[x, x, x + 5, x + 5]]), "labels": torch.tensor([1])}]
+
+
+def target_boxes(targets):
+    return {v: t[0]["boxes"][:, 0].tolist() for v, t in targets.items()}
+
+
+def test_view_targets_follow_each_method():
+    ann = FakeBatch().targets
+    pseudo = {"original": pseudo_of("original"), "augmented": pseudo_of("augmented")}
+    assert target_boxes(siamese.build_view_targets("original", ann, pseudo)) == {"original": [0.0]}
+    assert target_boxes(siamese.build_view_targets("augmented", ann, pseudo)) == {"augmented": [0.0]}
+    assert target_boxes(siamese.build_view_targets("joint", ann, pseudo)) == {
+        "original": [0.0], "augmented": [0.0]}
+    assert target_boxes(siamese.build_view_targets("self", ann, pseudo)) == {"original": [0.0, 20.0]}
+    # co-mining: each view learns from the OTHER view's pseudo boxes
+    assert target_boxes(siamese.build_view_targets("comining", ann, pseudo)) == {
+        "original": [0.0, 40.0], "augmented": [0.0, 20.0]}
+
+
+def test_training_step_feeds_each_view_the_other_views_pseudo_boxes(tiny_dataset, tmp_path, monkeypatch):
+    """Through the real step: each view's loss gets the pseudo boxes made from the OTHER head."""
+    calls = []
+
+    def fake_pseudo(detector, head, anchors, per_level, batch, thresholds):
+        x = 10.0 + len(calls) * 30.0  # a distinct box per call
+        calls.append((head["cls_logits"].detach().clone(), x))
+        return [{"boxes": torch.tensor([[x, x, x + 8, x + 8]]), "labels": torch.tensor([0]),
+                 "scores": torch.tensor([0.9])} for _ in batch.targets]
+
+    monkeypatch.setattr(siamese, "pseudo_boxes", fake_pseudo)
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", method="comining")
+    from comining.augment import make_view_augmenter
+    from comining.coco import load_coco
+    from comining.data import collate
+    from comining.engine import RunContext
+
+    ctx = RunContext(cfg, tmp_path / "run", load_coco(cfg.ann, cfg.images), torch.device("cpu"))
+    ctx.dense.net.eval()  # per-image outputs independent of the batch, to identify the heads
+    batch = collate([ctx.train_dataset[0], ctx.train_dataset[1]])
+    out = siamese.training_step(ctx.dense, batch, "comining", cfg.thresholds,
+                                lambda img: 255 - img)  # a view far from the original
+    assert len(calls) == 2
+    with torch.no_grad():
+        original_head = ctx.dense(batch.images)[0]["cls_logits"]
+    distance = [float((head - original_head).abs().max()) for head, _ in calls]
+    i_orig = min(range(2), key=lambda i: distance[i])
+    assert distance[1 - i_orig] > 100 * distance[i_orig]  # the heads are told apart
+    from_original, from_augmented = calls[i_orig][1], calls[1 - i_orig][1]
+    n_ann = len(batch.targets[0]["boxes"])
+    assert out.targets["original"][0]["boxes"][n_ann:, 0].tolist() == [from_augmented]
+    assert out.targets["augmented"][0]["boxes"][n_ann:, 0].tolist() == [from_original]
+
+
+def test_checkpoint_round_trip_and_store(tiny_dataset, tmp_path):
+    low = MiningThresholds(score_thresh=0.001, nms_iou=0.5, gt_iou=0.4, max_per_image=5)
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", iters=4, checkpoint_every=2, mine=True,
+                      thresholds=low)
+    run = train(cfg, progress=False)
+    its = [it for it, _ in list_checkpoints(run)]
+    assert its == [2, 4]
+    state = load_checkpoint(list_checkpoints(run)[-1][1])
+    assert state["iteration"] == 4 and state["config"]["method"] == "comining"
+    from torchvision.models.detection import RetinaNet
+    assert all(isinstance(v, torch.Tensor) for v in state["model"].values())
+    # a stock torchvision model loads the checkpoint's state dict as is
+    from comining.model import build_detector
+    model = build_detector("retinanet", "mobilenet_v3", 3, image_size=96, fpn_channels=32)
+    assert isinstance(model, RetinaNet)
+    model.load_state_dict(state["model"])
+    conn = store.connect(run / store.STORE_NAME)
+    for it in its:
+        rows = store.candidates(conn, it)
+        views = {r["view"] for r in rows}
+        assert views == {"original", "augmented"}, it
+        per_image = {}
+        for r in rows:
+            per_image.setdefault((r["image_id"], r["view"]), 0)
+            per_image[(r["image_id"], r["view"])] += 1
+        assert max(per_image.values()) <= 5
+        assert len({r["image_id"] for r in rows}) == 16  # both views mined every image
+    assert any(r["agreed"] for r in store.candidates(conn, 4))
+    conn.close()
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_dataset, tmp_path):
+    straight = train(tiny_config(tiny_dataset, tmp_path / "a", iters=4, checkpoint_every=2,
+                                 method="comining"), progress=False)
+    # b: the same run killed after its checkpoint at 2 (its later files gone), then resumed
+    cfg_b = tiny_config(tiny_dataset, tmp_path / "b", iters=4, checkpoint_every=2, method="comining")
+    train(cfg_b, progress=False)
+    list_checkpoints(tmp_path / "b")[-1][1].unlink()
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 3, "loss": 1.0}\n{"iteration": 4, "lo')  # cut by the kill
+    resumed = train(cfg_b, resume=True, progress=False)
+    a = load_checkpoint(list_checkpoints(straight)[-1][1])["model"]
+    b = load_checkpoint(list_checkpoints(resumed)[-1][1])["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_existing_run_needs_resume(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path / "run")
+    train(cfg, progress=False)
+    with pytest.raises(InputError, match="--resume"):
+        train(cfg, progress=False)
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", iters=6, checkpoint_every=2)
+    real = siamese.view_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        losses = real(*args, **kwargs)
+        if calls["n"] > 6:  # iteration 4 of a two-view method (2 calls per iteration)
+            losses["classification"] = losses["classification"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(siamese, "view_loss", poisoned)
+    with pytest.raises(CominingError, match="non-finite loss at iteration 3") as exc:
+        train(cfg, progress=False)
+    assert "iter_0000002.pt" in str(exc.value)
+    assert [it for it, _ in list_checkpoints(tmp_path / "run")] == [2]
+
+
+def test_train_cli_reports_bad_input_in_one_line(tiny_dataset, tmp_path):
+    proc = run_cli("train", "--images", tiny_dataset / "images", "--ann", tmp_path / "missing.json",
+                   "--run", tmp_path / "run", "--weights-backbone", "none", "--device", "cpu")
+    assert_clean_error(proc, "missing.json", "not found")
+
+
+def test_offline_imagenet_weights_fail_clearly(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    proc = run_cli("train", "--images", tiny_dataset / "images", "--ann",
+                   tiny_dataset / "annotations" / "train.json", "--run", tmp_path / "run",
+                   "--backbone", "resnet18", "--weights-backbone", "imagenet", "--device", "cpu",
+                   "--iters", "1", env={"TORCH_HOME": str(tmp_path / "torch_home"),
+                                        "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
+    assert_clean_error(proc, "ImageNet weights", "--weights-backbone none", code=1)

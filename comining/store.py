@@ -13,7 +13,7 @@ Schema (version SCHEMA_VERSION):
               n_original INTEGER, n_augmented INTEGER, n_agreed INTEGER)
       one row per mined checkpoint; written in the same transaction as its candidates,
       so a checkpoint is either fully mined or absent (a killed mining leaves no trace)
-  candidates(id INTEGER PRIMARY KEY, checkpoint INTEGER, image_id INTEGER,
+  candidates(id INTEGER PRIMARY KEY AUTOINCREMENT, checkpoint INTEGER, image_id INTEGER,
              category_id INTEGER, x REAL, y REAL, w REAL, h REAL, score REAL,
              view TEXT ('original' | 'augmented'), agreed INTEGER (0/1),
              partner_id INTEGER NULL)
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS categories (id INTEGER PRIMARY KEY, name TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS checkpoints (iteration INTEGER PRIMARY KEY, path TEXT, mined_at TEXT,
     score_thresh REAL, nms_iou REAL, gt_iou REAL,
     n_original INTEGER, n_augmented INTEGER, n_agreed INTEGER);
-CREATE TABLE IF NOT EXISTS candidates (id INTEGER PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS candidates (id INTEGER PRIMARY KEY AUTOINCREMENT,
     checkpoint INTEGER NOT NULL REFERENCES checkpoints(iteration),
     image_id INTEGER NOT NULL REFERENCES images(id),
     category_id INTEGER NOT NULL REFERENCES categories(id),

@@ -1,0 +1,174 @@
+"""Export: the run's input annotation file enlarged by the accepted boxes.
+
+`collect(run, ...)` gathers the boxes to add and the rejected candidates; the pure
+`build_enlarged(data, accepted)` makes the output dict; `export_run(run, out, ...)`
+writes it (atomically, never over the run's inputs) with a sidecar
+`OUT.rejected.json` listing the rejected candidates.
+
+Modes (`accept`):
+
+reviewed  the human decisions only (default): every standing accepted decision, with
+          its edited class and box.
+agreed    the human decisions, plus every still undecided candidate both views agree
+          on at `checkpoint` with score >= `min_score` (automatic, for scripts).
+all       the same with every undecided candidate of `checkpoint`, agreed or not.
+
+`min_score` only filters the automatic accepts; a human decision is never overridden.
+Duplicates (same image, same class, IoU >= 0.5: across views, checkpoints, or between
+a human and an automatic accept) are merged greedily, human decisions first, then by
+score: one object gives one box.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from comining import review, store
+from comining.errors import InputError
+from comining.fileio import atomic_write_json, read_json, refuse_overwrite, same_file
+
+MODES = ("reviewed", "agreed", "all")
+
+
+def _round(v: float) -> float:
+    return round(float(v), 2)
+
+
+def _record(image_id, category_id, box, *, score, view, checkpoint, decision, reviewed_at,
+            candidate_id, human: bool) -> dict:
+    return {"image_id": int(image_id), "category_id": int(category_id),
+            "bbox": [float(v) for v in box], "score": score, "view": view,
+            "checkpoint": checkpoint, "decision": decision, "reviewed_at": reviewed_at,
+            "candidate_id": candidate_id, "human": human}
+
+
+def collect(run: review.Run, *, accept: str = "reviewed", min_score: float = 0.0,
+            checkpoint: str | int | None = "last") -> tuple[list[dict], list[dict]]:
+    """(accepted records, rejected records) of the run, duplicates not yet merged."""
+    if accept not in MODES:
+        raise InputError(None, f"--accept must be one of {', '.join(MODES)}, got {accept!r}")
+    min_score = float(min_score)
+    if not 0.0 <= min_score <= 1.0:
+        raise InputError(None, f"--min-score must be within [0, 1], got {min_score}")
+    conn = run.conn
+    accepted, rejected = [], []
+    for d in review.effective_decisions(conn):
+        if d.decision == "accepted":
+            accepted.append(_record(
+                d.image_id, d.category_id, d.box, score=d.cand_score, view=d.view,
+                checkpoint=d.cand_checkpoint, decision="edited" if d.edited else "accepted",
+                reviewed_at=d.decided_at, candidate_id=d.candidate_id, human=True))
+        else:
+            rejected.append({"candidate_id": d.candidate_id, "image_id": d.image_id,
+                             "category_id": d.category_id, "bbox": [float(v) for v in d.box],
+                             "score": d.cand_score, "view": d.view, "checkpoint": d.cand_checkpoint,
+                             "decided_at": d.decided_at, "client": d.client})
+    if accept != "reviewed":
+        it = store.resolve_checkpoint(conn, "last" if checkpoint is None else checkpoint, run.store_path)
+        views = ("both",) if accept == "agreed" else ()
+        f = review.Filters(views=views, score_min=min_score, score_max=1.0, states=("pending",))
+        for item in review.queue_items(run, it, f):
+            accepted.append(_record(
+                item.image_id, item.category_id, item.box, score=item.score, view=item.view,
+                checkpoint=it, decision="auto", reviewed_at=None, candidate_id=item.id,
+                human=False))
+    return accepted, rejected
+
+
+def merge_duplicates(records: list[dict], iou_thresh: float = review.IOU_SAME) -> list[dict]:
+    """One box per object: greedy, human decisions first then by score; a record is
+    dropped when a kept one of its image and class overlaps it with IoU >= iou_thresh."""
+    order = sorted(records, key=lambda r: (not r["human"], -(r["score"] if r["score"] is not None
+                                                            else float("inf")),
+                                           r["reviewed_at"] or "", r["candidate_id"] or 0))
+    kept: dict[tuple[int, int], list[dict]] = {}
+    out = []
+    for r in order:
+        same = kept.setdefault((r["image_id"], r["category_id"]), [])
+        if any(review.iou(r["bbox"], k["bbox"]) >= iou_thresh for k in same):
+            continue
+        same.append(r)
+        out.append(r)
+    return out
+
+
+def build_enlarged(data: dict, accepted: list[dict]) -> dict:
+    """The input COCO dict with every original annotation unchanged and the accepted
+    records appended as new annotations (fresh ids from max id + 1, `area`,
+    `iscrowd: 0`, provenance under 'comining'). Boxes are clipped to their image.
+    `data` is not modified. Records must already be merged (see merge_duplicates)."""
+    images = {im["id"]: im for im in data.get("images", [])}
+    categories = {c["id"] for c in data.get("categories", [])}
+    bad = [r for r in accepted if r["image_id"] not in images or r["category_id"] not in categories]
+    if bad:
+        r = bad[0]
+        raise InputError(None, f"{len(bad)} accepted boxes name an image or class that is not in "
+                               f"the annotation file (first: image {r['image_id']}, class "
+                               f"{r['category_id']}): does the run's store belong to this file?")
+    out = {k: v for k, v in data.items()}
+    originals = list(data.get("annotations", []))
+    next_id = max((a["id"] for a in originals if isinstance(a.get("id"), int)), default=0) + 1
+    new = []
+    for r in sorted(accepted, key=lambda r: (r["image_id"], r["category_id"], r["bbox"])):
+        im = images[r["image_id"]]
+        width, height = im.get("width", 1 << 30), im.get("height", 1 << 30)
+        try:
+            x, y, w, h = review.clean_box(r["bbox"], width, height)
+        except InputError:
+            continue
+        new.append({
+            "id": next_id, "image_id": r["image_id"], "category_id": r["category_id"],
+            "bbox": [x, y, w, h], "area": _round(w * h), "iscrowd": 0,
+            "comining": {"score": None if r["score"] is None else round(float(r["score"]), 4),
+                         "view": r["view"], "checkpoint": r["checkpoint"],
+                         "decision": r["decision"], "reviewed_at": r["reviewed_at"],
+                         "candidate_id": r["candidate_id"]}})
+        next_id += 1
+    out["annotations"] = originals + new
+    return out
+
+
+def sidecar_path(out) -> Path:
+    out = Path(out)
+    stem = out.name[:-5] if out.name.lower().endswith(".json") else out.name
+    return out.with_name(stem + ".rejected.json")
+
+
+def export_run(run: review.Run, out, *, accept: str = "reviewed", min_score: float = 0.0,
+               checkpoint: str | int | None = "last") -> dict:
+    """Write OUT (the enlarged COCO json) and OUT.rejected.json; returns a summary."""
+    out = Path(out)
+    side = sidecar_path(out)
+    if run.ann_path is None:
+        raise InputError(run.store_path, "the run does not record its input annotation file")
+    inputs = [run.ann_path, run.hidden_path, run.store_path, run.dir / "config.json"]
+    refuse_overwrite(out, *inputs)
+    refuse_overwrite(side, *inputs)
+    if out.resolve() == side.resolve() or same_file(out, side):
+        raise InputError(out, "the output and its sidecar would be the same file")
+    if not out.parent.is_dir():
+        raise InputError(out, f"output folder {out.parent} does not exist")
+    from comining.coco import validate_coco_dict
+    data = read_json(run.ann_path)
+    validate_coco_dict(data, run.ann_path)
+    accepted, rejected = collect(run, accept=accept, min_score=min_score, checkpoint=checkpoint)
+    merged = merge_duplicates(accepted)
+    enlarged = build_enlarged(data, merged)
+    n_new = len(enlarged["annotations"]) - len(data.get("annotations", []))
+    atomic_write_json(side, {
+        "comining": "rejected candidates", "source": str(run.ann_path), "export": str(out),
+        "accept": accept, "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rejected": rejected})
+    atomic_write_json(out, enlarged)
+    return {"out": str(out), "sidecar": str(side), "accept": accept, "added": n_new,
+            "human": sum(1 for r in merged if r["human"]),
+            "auto": sum(1 for r in merged if not r["human"]),
+            "merged_duplicates": len(accepted) - len(merged), "rejected": len(rejected),
+            "original": len(data.get("annotations", []))}
+
+
+def summary_line(s: dict) -> str:
+    return (f"added {s['added']} boxes ({s['human']} reviewed, {s['auto']} automatic; "
+            f"{s['merged_duplicates']} duplicates merged) to the {s['original']} original "
+            f"annotations -> {s['out']}; {s['rejected']} rejected listed in {s['sidecar']}")

@@ -1,0 +1,210 @@
+"""`comining export`: the enlarged file holds the originals unchanged plus exactly the
+accepted boxes; modes, merging, atomic write, refusals, the sidecar, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+
+import pytest
+
+from comining import export, review
+from comining.cli import main
+from comining.errors import InputError
+from review_fixtures import make_empty_run, make_older_store, make_run
+
+
+@pytest.fixture
+def info(tmp_path):
+    return make_run(tmp_path)
+
+
+@pytest.fixture
+def run(info):
+    r = review.open_run(info.run_dir)
+    yield r
+    r.close()
+
+
+def new_annotations(out):
+    data = json.loads(out.read_text())
+    return data, [a for a in data["annotations"] if "comining" in a]
+
+
+def load_with_pycocotools(path):
+    from pycocotools.coco import COCO
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+def test_reviewed_export_holds_exactly_the_accepted_boxes(run, info, tmp_path):
+    items = review.queue_items(run, 200)
+    a, b, c, d = items[:4]
+    review.decide(run, a.id, "accepted", client="t")
+    review.decide(run, b.id, "accepted", client="t", category_id=3, box=(12, 14, 40, 30))
+    review.decide(run, c.id, "rejected", client="t")
+    review.decide(run, d.id, "accepted", client="t")
+    review.undo(run, "t")                                       # d is not accepted any more
+    out = tmp_path / "enlarged.json"
+    summary = export.export_run(run, out)
+    assert summary["added"] == 2 and summary["rejected"] == 1
+
+    source = json.loads(info.ann_path.read_text())
+    data, new = new_annotations(out)
+    n = len(source["annotations"])
+    assert data["annotations"][:n] == source["annotations"]      # originals unchanged, same order
+    assert {k: v for k, v in data.items() if k != "annotations"} == \
+        {k: v for k, v in source.items() if k != "annotations"}
+    first = max(x["id"] for x in source["annotations"]) + 1
+    assert sorted(x["id"] for x in new) == [first, first + 1]
+    got = {(x["image_id"], x["category_id"], tuple(x["bbox"])) for x in new}
+    assert got == {(a.image_id, a.category_id, tuple(round(v, 2) for v in a.box)),
+                   (b.image_id, 3, (12.0, 14.0, 40.0, 30.0))}
+    for x in new:
+        assert x["iscrowd"] == 0 and x["area"] == pytest.approx(x["bbox"][2] * x["bbox"][3], abs=0.01)
+        prov = x["comining"]
+        assert set(prov) >= {"score", "view", "checkpoint", "decision", "reviewed_at"}
+        assert prov["checkpoint"] == 200 and prov["reviewed_at"]
+    edited = next(x for x in new if x["category_id"] == 3 and x["bbox"] == [12.0, 14.0, 40.0, 30.0])
+    assert edited["comining"]["decision"] == "edited"
+    assert edited["comining"]["score"] == pytest.approx(b.score, abs=1e-3)
+    assert edited["comining"]["view"] == b.view
+
+    side = json.loads((tmp_path / "enlarged.rejected.json").read_text())
+    assert [r["candidate_id"] for r in side["rejected"]] == [c.id]
+    coco = load_with_pycocotools(out)
+    assert len(coco.getAnnIds()) == n + 2
+
+
+def test_duplicates_across_views_and_checkpoints_give_one_box(run, tmp_path):
+    early = review.image_items(run, 100, 1)
+    obj = next(it for it in early if it.view == "both")
+    review.decide(run, obj.id, "accepted", client="t")
+    # the same object at the later checkpoint, accepted again explicitly
+    late = next(it for it in review.image_items(run, 200, 1)
+                if it.category_id == obj.category_id and review.iou(it.box, obj.box) >= 0.5)
+    assert late.state == "accepted"                       # already covered by the first accept
+    review.decide(run, late.id, "accepted", client="t")
+    out = tmp_path / "e.json"
+    export.export_run(run, out)
+    _, new = new_annotations(out)
+    assert len(new) == 1 and new[0]["comining"]["checkpoint"] == 200   # the latest decision
+
+
+def test_merge_duplicates_prefers_human_then_score():
+    rec = lambda box, score, human, cat=1: {  # noqa: E731
+        "image_id": 1, "category_id": cat, "bbox": box, "score": score, "view": "both",
+        "checkpoint": 1, "decision": "accepted" if human else "auto", "reviewed_at": None,
+        "candidate_id": None, "human": human}
+    recs = [rec([0, 0, 10, 10], 0.9, False), rec([1, 0, 10, 10], 0.6, True),
+            rec([0, 1, 10, 10], 0.95, False), rec([0, 0, 10, 10], 0.7, False, cat=2),
+            rec([50, 50, 10, 10], 0.5, False)]
+    kept = export.merge_duplicates(recs)
+    assert [(r["bbox"], r["category_id"]) for r in kept] == [
+        ([1, 0, 10, 10], 1), ([0, 0, 10, 10], 2), ([50, 50, 10, 10], 1)]
+
+
+def test_build_enlarged_is_pure_and_numbers_from_the_max_id():
+    data = {"images": [{"id": 5, "file_name": "a.png", "width": 100, "height": 80}],
+            "categories": [{"id": 7, "name": "x"}],
+            "annotations": [{"id": 3, "image_id": 5, "category_id": 7, "bbox": [1, 1, 5, 5],
+                             "area": 25, "iscrowd": 0, "extra": {"keep": True}},
+                            {"id": 90, "image_id": 5, "category_id": 7, "bbox": [9, 9, 5, 5]}]}
+    before = copy.deepcopy(data)
+    rec = {"image_id": 5, "category_id": 7, "bbox": [90.0, 70.0, 20.0, 20.0], "score": 0.8,
+           "view": "original", "checkpoint": 4, "decision": "auto", "reviewed_at": None,
+           "candidate_id": 1, "human": False}
+    out = export.build_enlarged(data, [rec])
+    assert data == before
+    assert out["annotations"][:2] == before["annotations"]
+    new = out["annotations"][2]
+    assert new["id"] == 91 and new["bbox"] == [90.0, 70.0, 10.0, 10.0] and new["area"] == 100.0
+    with pytest.raises(InputError, match="not in the annotation file"):
+        export.build_enlarged(data, [dict(rec, image_id=6)])
+
+
+def test_agreed_and_all_accept_automatically(run, tmp_path):
+    agreed = review.batch_candidates(run, 200, 0.7)
+    rejected = agreed[0]
+    review.decide(run, rejected.id, "rejected", client="t")
+    out = tmp_path / "agreed.json"
+    s = export.export_run(run, out, accept="agreed", min_score=0.7)
+    _, new = new_annotations(out)
+    assert s["auto"] == len(agreed) - 1 == len(new)
+    assert all(x["comining"]["decision"] == "auto" and x["comining"]["view"] == "both"
+               and x["comining"]["score"] >= 0.7 for x in new)
+    assert rejected.box not in [tuple(x["bbox"]) for x in new]
+    out_all = tmp_path / "all.json"
+    export.export_run(run, out_all, accept="all", min_score=0.0)
+    _, new_all = new_annotations(out_all)
+    assert len(new_all) == 16 - 1
+    out_early = tmp_path / "early.json"
+    export.export_run(run, out_early, accept="all", checkpoint=100)
+    _, new_early = new_annotations(out_early)
+    assert {x["comining"]["checkpoint"] for x in new_early} == {100}
+    with pytest.raises(InputError, match="was not mined"):
+        export.export_run(run, tmp_path / "x.json", accept="all", checkpoint=150)
+    with pytest.raises(InputError, match="min-score"):
+        export.export_run(run, tmp_path / "x.json", accept="all", min_score=2)
+
+
+def test_refuses_to_overwrite_the_inputs(run, info, tmp_path):
+    before = info.ann_path.read_bytes()
+    for target in (info.ann_path, info.hidden_path, run.store_path, info.run_dir / "config.json"):
+        with pytest.raises(InputError, match="refusing to overwrite"):
+            export.export_run(run, target)
+    assert info.ann_path.read_bytes() == before
+    with pytest.raises(InputError, match="does not exist"):
+        export.export_run(run, tmp_path / "no" / "dir.json")
+
+
+def test_atomic_write_leaves_no_temporary_files(run, tmp_path):
+    out_dir = tmp_path / "outs"
+    out_dir.mkdir()
+    out = out_dir / "e.json"
+    out.write_text("old")
+    export.export_run(run, out)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["e.json", "e.rejected.json"]
+    json.loads(out.read_text())
+
+
+def test_cli_export(info, tmp_path, capsys):
+    r = review.open_run(info.run_dir)
+    it = review.queue_items(r, 200)[0]
+    review.decide(r, it.id, "accepted", client="cli")
+    r.close()
+    out = tmp_path / "cli.json"
+    assert main(["export", "--run", str(info.run_dir), "--out", str(out)]) == 0
+    assert "added 1 boxes" in capsys.readouterr().out
+    assert len(new_annotations(out)[1]) == 1
+    load_with_pycocotools(out)
+    assert main(["export", "--run", str(info.run_dir), "--out", str(out), "--accept", "agreed",
+                 "--min-score", "0.9", "--checkpoint", "last"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(info.run_dir), "--out", str(info.ann_path)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to overwrite" in err and err.count("\n") == 1
+    assert main(["export", "--run", str(info.run_dir), "--out", str(out), "--checkpoint", "x"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_cli_clear_errors_for_older_or_empty_runs(tmp_path, capsys):
+    info = make_run(tmp_path / "old")
+    make_older_store(info.run_dir)
+    for cmd in (["export", "--run", str(info.run_dir), "--out", str(tmp_path / "o.json")],
+                ["review", "--run", str(info.run_dir), "--port", "1"]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert "schema version 0 is not supported" in err and err.count("\n") == 1
+    empty = make_empty_run(tmp_path / "empty")
+    assert main(["export", "--run", str(empty), "--out", str(tmp_path / "o.json")]) == 0
+    assert "added 0 boxes" in capsys.readouterr().out
+    assert main(["export", "--run", str(empty), "--out", str(tmp_path / "o.json"),
+                 "--accept", "all"]) == 2
+    assert "no mined checkpoint" in capsys.readouterr().err
+    assert main(["review", "--run", str(tmp_path / "missing")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+    assert main(["review", "--run", str(empty), "--auth", "nopassword"]) == 2
+    assert "USER:PASS" in capsys.readouterr().err

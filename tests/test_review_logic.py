@@ -1,0 +1,415 @@
+"""Review logic without a browser: queue, decisions, undo, batch, progress, plots,
+drawing, restart survival and two clients deciding at once."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from comining import review, store
+from comining.errors import InputError
+from review_fixtures import make_empty_run, make_older_store, make_run
+
+
+@pytest.fixture
+def info(tmp_path):
+    return make_run(tmp_path)
+
+
+@pytest.fixture
+def run(info):
+    r = review.open_run(info.run_dir)
+    yield r
+    r.close()
+
+
+def by_view(items, view):
+    return [it for it in items if it.view == view]
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def test_open_run_reads_store_and_config(run, info):
+    assert run.checkpoints() == [100, 200]
+    assert run.categories == {1: "disc", 2: "square", 3: "triangle"}
+    assert run.images_dir == info.images_dir and run.hidden_path == info.hidden_path
+    assert sorted(run.images) == [1, 2, 3, 4]
+    assert run.annotations(1) and all(len(b) == 4 for _, b in run.annotations(1))
+
+
+def test_open_run_errors_are_one_clear_line(tmp_path, info):
+    with pytest.raises(InputError, match="run folder not found"):
+        review.open_run(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no comining store"):
+        review.open_run(tmp_path / "empty")
+    make_older_store(info.run_dir, version=0)
+    with pytest.raises(InputError, match="schema version 0 is not supported"):
+        review.open_run(info.run_dir)
+
+
+def test_run_without_candidates(tmp_path):
+    r = review.open_run(make_empty_run(tmp_path))
+    assert r.checkpoints() == []
+    with pytest.raises(InputError, match="no mined checkpoint"):
+        store.resolve_checkpoint(r.conn, "last")
+    assert review.plot_data(r)["checkpoints"] == []
+    r.close()
+
+
+# ----------------------------------------------------------------------------- items and queue
+
+
+def test_items_group_the_two_views_of_one_object(run):
+    for image_id in run.images:
+        early = review.image_items(run, 100, image_id)
+        late = review.image_items(run, 200, image_id)
+        # pattern 0 both views; 1 original only then both; 2 augmented only; + 1 false positive
+        assert [len(by_view(early, v)) for v in ("both", "original", "augmented")] == [1, 2, 1]
+        assert [len(by_view(late, v)) for v in ("both", "original", "augmented")] == [2, 1, 1]
+        for it in by_view(late, "both"):
+            assert len(it.member_ids) == 2 and it.agreement > 0.5
+            assert it.id == it.member_ids[0]          # the top-scoring member
+        assert [it.score for it in late] == sorted((it.score for it in late), reverse=True)
+        assert all(it.state == "pending" for it in late)
+
+
+def test_queue_sorts_and_filters(run):
+    q = review.queue(run, 200)
+    assert sorted(e.image_id for e in q) == [1, 2, 3, 4]
+    assert [e.top_score for e in q] == sorted((e.top_score for e in q), reverse=True)
+    disc = review.queue_items(run, 200, review.Filters(classes=(1,)))
+    assert disc and all(it.category_id == 1 for it in disc)
+    both = review.queue_items(run, 200, review.Filters(views=("both",), sort="agreement"))
+    assert both and all(it.view == "both" for it in both)
+    assert [it.agreement for it in both] == sorted((it.agreement for it in both), reverse=True)
+    mid = review.queue_items(run, 200, review.Filters(score_min=0.6, score_max=0.8))
+    assert all(0.6 <= it.score <= 0.8 for it in mid)
+    assert len(review.queue_items(run, 200, review.Filters(states=()))) == 16
+    assert review.queue_items(run, 200, review.Filters(states=("accepted",))) == []
+    with pytest.raises(InputError):
+        review.Filters(views=("sideways",))
+
+
+# ----------------------------------------------------------------------------- decisions
+
+
+def test_accept_reject_and_edit(run):
+    a, b, c = review.image_items(run, 200, 1)[:3]
+    review.decide(run, a.id, "accepted", client="t")
+    review.decide(run, b.id, "rejected", client="t")
+    review.decide(run, c.id, "accepted", client="t", category_id=3, box=(10, 20, 30, 40))
+    items = {it.id: it for it in review.image_items(run, 200, 1)}
+    assert items[a.id].state == "accepted" and items[b.id].state == "rejected"
+    edited = items[c.id]
+    assert edited.state == "accepted" and edited.shown_category == 3
+    assert edited.shown_box == (10, 20, 30, 40) and edited.decision.edited
+    pend = review.queue_items(run, 200)
+    assert a.id not in {it.id for it in pend} and len(pend) == 13
+
+
+def test_decide_rejects_bad_input(run):
+    it = review.image_items(run, 200, 1)[0]
+    with pytest.raises(InputError, match="accepted' or 'rejected"):
+        review.decide(run, it.id, "maybe")
+    with pytest.raises(InputError, match="no longer exists"):
+        review.decide(run, 999999, "accepted")
+    with pytest.raises(InputError, match="unknown class"):
+        review.decide(run, it.id, "accepted", category_id=42)
+    with pytest.raises(InputError, match="empty inside"):
+        review.decide(run, it.id, "accepted", box=(5000, 5000, 10, 10))
+    with pytest.raises(InputError, match="NaN"):
+        review.decide(run, it.id, "accepted", box=(1, float("nan"), 10, 10))
+    assert run.conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
+
+
+def test_rejected_once_is_not_proposed_again(run):
+    """Decisions at checkpoint 100 cover the same objects at checkpoint 200 (other
+    candidate rows), unless include_rejected asks for rejected ones again."""
+    early = review.image_items(run, 100, 2)
+    fp = next(it for it in early if it.view == "original" and it.score < 0.53)   # the false positive
+    obj = by_view(early, "both")[0]
+    review.decide(run, fp.id, "rejected", client="t")
+    review.decide(run, obj.id, "accepted", client="t")
+    late = review.image_items(run, 200, 2)
+    fp_late = next(it for it in late if it.category_id == fp.category_id and review.iou(it.box, fp.box) > 0.9)
+    obj_late = next(it for it in late if it.category_id == obj.category_id and review.iou(it.box, obj.box) > 0.5)
+    assert fp_late.id != fp.id and fp_late.state == "rejected"
+    assert obj_late.id != obj.id and obj_late.state == "accepted"
+    again = {it.id: it for it in review.image_items(run, 200, 2, include_rejected=True)}
+    assert again[fp_late.id].state == "pending" and again[obj_late.id].state == "accepted"
+    pending_ids = {it.id for it in review.queue_items(run, 200)}
+    assert fp_late.id not in pending_ids
+    assert fp_late.id in {it.id for it in review.queue_items(run, 200, review.Filters(include_rejected=True))}
+
+
+def test_latest_decision_about_an_object_wins(run):
+    it = review.image_items(run, 200, 3)[0]
+    review.decide(run, it.id, "accepted", client="x")
+    review.decide(run, it.id, "rejected", client="y")
+    assert review.image_items(run, 200, 3)[0].state == "rejected"
+    eff = review.effective_decisions(run.conn)
+    assert [(d.candidate_id, d.decision) for d in eff] == [(it.id, "rejected")]
+
+
+def test_undo_is_per_client_and_walks_back(run):
+    a, b, c = review.image_items(run, 200, 1)[:3]
+    review.decide(run, a.id, "accepted", client="A")
+    review.decide(run, b.id, "rejected", client="B")
+    review.decide(run, c.id, "rejected", client="A")
+    undone = review.undo(run, "A")
+    assert [d.candidate_id for d in undone] == [c.id]
+    states = {it.id: it.state for it in review.image_items(run, 200, 1)}
+    assert states[c.id] == "pending" and states[b.id] == "rejected" and states[a.id] == "accepted"
+    assert [d.candidate_id for d in review.undo(run, "A")] == [a.id]
+    assert review.undo(run, "A") == []
+    assert {d.candidate_id for d in review.decisions(run.conn)} == {b.id}
+    # undone rows stay in the table (append-only), marked undone
+    assert run.conn.execute("SELECT COUNT(*) FROM decisions WHERE undone = 1").fetchone()[0] == 2
+
+
+def test_batch_accept_applies_exactly_the_previewed_count(run):
+    preview = review.batch_candidates(run, 200, 0.8)
+    assert preview and all(it.view == "both" and it.score >= 0.8 for it in preview)
+    with pytest.raises(review.CountChanged):
+        review.batch_accept(run, 200, 0.8, client="b", expected=len(preview) + 1)
+    assert run.conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
+    n = review.batch_accept(run, 200, 0.8, client="b", expected=len(preview))
+    assert n == len(preview)
+    accepted = {d.candidate_id for d in review.decisions(run.conn)}
+    assert accepted == {it.id for it in preview}
+    assert review.batch_accept(run, 200, 0.8, client="b") == 0
+    assert len(review.undo(run, "b")) == n        # one undo reverts the whole batch
+    assert len(review.batch_candidates(run, 200, 0.8)) == n
+
+
+def test_decide_many_is_one_undo(run):
+    items = review.queue_items(run, 200)[:5]
+    review.decide_many(run, [(it.id, "accepted") for it in items[:3]] +
+                       [(it.id, "rejected") for it in items[3:]], client="f")
+    assert len(review.decisions(run.conn)) == 5
+    assert len(review.undo(run, "f")) == 5
+
+
+def test_progress_counts(run):
+    items = review.queue_items(run, 200)
+    review.decide(run, items[0].id, "accepted", client="p")
+    review.decide(run, items[1].id, "rejected", client="p")
+    p = review.progress(run, 200)
+    assert (p["total"], p["reviewed"], p["accepted"], p["rejected"], p["pending"]) == (16, 2, 1, 1, 14)
+    assert sum(r["total"] for r in p["per_class"]) == 16
+    cls = {r["category_id"]: r for r in p["per_class"]}
+    assert cls[items[0].category_id]["accepted"] >= 1
+    assert review.decision_counts(run) == {"accepted": 1, "rejected": 1}
+
+
+def test_stale_candidate_links_fall_back_to_the_box(run, info):
+    """Re-mining a checkpoint replaces its rows (ids may be reused): a decision keeps
+    covering its object through its own class and box."""
+    it = review.image_items(run, 200, 1)[0]
+    review.decide(run, it.id, "rejected", client="s")
+    rows = [dict(r) for r in store.candidates(run.conn, 200)]
+    cands = [{"key": r["id"], "partner_key": r["partner_id"], "image_id": r["image_id"],
+              "category_id": r["category_id"], "bbox": [r["x"] + 1, r["y"], r["w"], r["h"]],
+              "score": r["score"], "view": r["view"], "agreed": r["agreed"]} for r in reversed(rows)]
+    store.replace_checkpoint_candidates(run.conn, iteration=200, path="x", candidates=cands,
+                                        thresholds={"score_thresh": .5, "nms_iou": .5, "gt_iou": .4})
+    d = review.decisions(run.conn)[0]
+    assert not d.linked
+    again = next(x for x in review.image_items(run, 200, 1) if review.iou(x.box, it.box) > 0.9)
+    assert again.state == "rejected"
+
+
+# ----------------------------------------------------------------------------- restart, concurrency
+
+
+def test_decisions_survive_a_restart(info):
+    r1 = review.open_run(info.run_dir)
+    a, b = review.image_items(r1, 200, 2)[:2]
+    review.decide(r1, a.id, "accepted", client="c1")
+    review.decide(r1, b.id, "rejected", client="c1")
+    r1.close()
+    r2 = review.open_run(info.run_dir)
+    states = {it.id: it.state for it in review.image_items(r2, 200, 2)}
+    assert states[a.id] == "accepted" and states[b.id] == "rejected"
+    assert [d.candidate_id for d in review.undo(r2, "c1")] == [b.id]   # undo works after a restart
+    r2.close()
+
+
+def test_two_clients_deciding_at_once_lose_nothing(info):
+    """Two app processes (two Run objects, two connections) write at the same moment."""
+    runs = [review.open_run(info.run_dir), review.open_run(info.run_dir)]
+    items = review.queue_items(runs[0], 200, review.Filters(states=()))
+    halves = [items[0::2], items[1::2]]
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def work(k):
+        try:
+            barrier.wait()
+            for it in halves[k]:
+                review.decide(runs[k], it.id, "accepted" if k == 0 else "rejected", client=f"tab{k}")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    decided = {d.candidate_id: d.decision for d in review.decisions(runs[0].conn)}
+    assert decided == {**{it.id: "accepted" for it in halves[0]}, **{it.id: "rejected" for it in halves[1]}}
+    for r in runs:
+        r.close()
+
+
+def test_two_batches_at_once_never_decide_twice(info):
+    runs = [review.open_run(info.run_dir) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    counts = [0, 0]
+
+    def work(k):
+        barrier.wait()
+        counts[k] = review.batch_accept(runs[k], 200, 0.0, client=f"tab{k}")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    n_agreed = len([it for items in review.all_items(runs[0], 200).values() for it in items
+                    if it.view == "both"])
+    assert sorted(counts) == [0, n_agreed]
+    ids = [d.candidate_id for d in review.decisions(runs[0].conn)]
+    assert len(ids) == len(set(ids)) == n_agreed
+    for r in runs:
+        r.close()
+
+
+def test_store_is_wal(run):
+    assert run.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other = sqlite3.connect(run.store_path)
+    assert other.execute("SELECT COUNT(*) FROM candidates").fetchone()[0] > 0
+    other.close()
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def test_plot_data_losses_mined_and_quality(run):
+    data = review.plot_data(run)
+    assert len(data["metrics"]) == 21        # the half-written last line is skipped
+    assert [c["iteration"] for c in data["checkpoints"]] == [100, 200]
+    q = {r["checkpoint"]: r for r in data["quality"]}
+    # per image: 3 hidden objects; original rows = hits of patterns 0(,1) + 1 false positive
+    assert q[100]["n_hidden"] == 12
+    assert q[100]["precision_original"] == pytest.approx(2 / 3)
+    assert q[100]["precision_augmented"] == 1.0
+    assert q[100]["recall_augmented"] == pytest.approx(2 / 3)
+    assert q[200]["recall_augmented"] == 1.0 and q[200]["recall_union"] == 1.0
+    assert q[200]["precision_agreed"] == 1.0 and q[200]["mined_agreed"] == 8
+    figs = review.plot_figures(data)
+    assert set(figs) == {"losses", "mined", "quality"}
+
+
+def test_plot_data_without_hidden_file(tmp_path):
+    info = make_run(tmp_path, with_hidden=False, with_metrics=False)
+    r = review.open_run(info.run_dir)
+    data = review.plot_data(r)
+    assert data["quality"] is None and "hidden file" in data["quality_note"]
+    assert data["metrics"] == []
+    review.plot_figures(data)
+    r.close()
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def _edge_colour(img, box, t=1):
+    x, y, w, h = (int(round(v)) for v in box)
+    return img[y + h // 2, x + t - 1 if t else x]
+
+
+def test_render_draws_each_layer_in_its_colour(run):
+    image, problem = run.load_image(1)
+    assert problem is None and image.shape == (360, 480, 3)
+    items = review.image_items(run, 200, 1)
+    out = review.render(image, items, names=run.categories, annotations=run.annotations(1),
+                        selected=None, labels=False)
+    assert out.shape == image.shape and not np.shares_memory(out, image)
+    for it in items:
+        x, y, w, h = (int(round(v)) for v in it.box)
+        px = out[y + h // 2, x]
+        assert tuple(px) == review.COLOURS[it.view], it
+    off = review.render(image, items, names=run.categories, layers=("both",), labels=False)
+    for it in items:
+        x, y, w, h = (int(round(v)) for v in it.box)
+        drawn = tuple(off[y + h // 2, x]) == review.COLOURS[it.view]
+        assert drawn == (it.view == "both")
+
+
+def test_render_decided_and_selected(run):
+    image, _ = run.load_image(1)
+    items = review.image_items(run, 200, 1)
+    review.decide(run, items[0].id, "accepted", client="r")
+    items = review.image_items(run, 200, 1)
+    out = review.render(image, items, names=run.categories, labels=False)
+    x, y, w, h = (int(round(v)) for v in items[0].box)
+    assert tuple(out[y + h // 2, x]) == review.COLOURS["accepted"]
+    hidden = review.render(image, items, names=run.categories, labels=False,
+                           layers=("original", "augmented", "both"))
+    assert tuple(hidden[y + h // 2, x]) != review.COLOURS["accepted"]
+    sel = review.render(image, items, names=run.categories, labels=False, selected=items[1].id)
+    x, y, w, h = (int(round(v)) for v in items[1].box)
+    row = [tuple(px) for px in sel[y + h // 2, x - 5:x]]
+    assert review.COLOURS["selected"] in row          # the white outline around the box
+
+
+def test_item_at_picks_the_smallest_box_under_the_click(run):
+    items = review.image_items(run, 200, 1)
+    it = items[-1]
+    x, y, w, h = it.box
+    assert review.item_at(items, x + w / 2, y + h / 2).id == it.id
+    assert review.item_at(items, -5, -5) is None
+
+
+def test_missing_image_gives_a_placeholder_and_a_reason(run, info):
+    (info.images_dir / "000002.png").unlink()
+    image, problem = run.load_image(2)
+    assert image.shape == (360, 480, 3) and "not found" in problem
+    out = review.render(image, review.image_items(run, 200, 2), names=run.categories)
+    assert out.shape == image.shape
+    assert review.crops(run, review.image_items(run, 200, 2))[0][1].endswith("image missing")
+
+
+def test_crops_have_context_around_the_box(run):
+    items = review.queue_items(run, 200)[:4]
+    tiles = review.crops(run, items, size=120)
+    assert len(tiles) == 4
+    for (img, caption), it in zip(tiles, items):
+        assert max(img.shape[:2]) == 120 and img.dtype == np.uint8
+        assert run.category_name(it.category_id) in caption
+    image = np.zeros((100, 200, 3), np.uint8)
+    patch, (x0, y0, x1, y1) = review.crop(image, (50, 40, 20, 10), context=0.5, min_side=4, size=40)
+    assert (x0, y0, x1, y1) == (40, 35, 80, 55)
+
+
+def test_iou_matrix():
+    a = [[0, 0, 10, 10], [5, 5, 10, 10]]
+    m = review.iou_matrix(a, a)
+    assert m[0, 0] == 1.0 and m[0, 1] == pytest.approx(25 / 175)
+    assert review.iou([0, 0, 1, 1], [5, 5, 1, 1]) == 0.0
+
+
+def test_undo_separates_decisions_made_in_the_same_millisecond(run, monkeypatch):
+    monkeypatch.setattr(store, "now_iso", lambda: "2030-01-01T00:00:00.000+00:00")
+    a, b = review.image_items(run, 200, 1)[:2]
+    review.decide(run, a.id, "accepted", client="fast")
+    review.decide(run, b.id, "accepted", client="fast")
+    assert [d.candidate_id for d in review.undo(run, "fast")] == [b.id]
+    assert [d.candidate_id for d in review.undo(run, "fast")] == [a.id]

@@ -41,6 +41,11 @@ class Batch:
     valid_sizes: list[tuple[int, int]]
     flipped: list[bool]
 
+    def pin_memory(self) -> "Batch":
+        """Called by DataLoader(pin_memory=True): page-locked images for async copies."""
+        self.images = self.images.pin_memory()
+        return self
+
     def to(self, device, non_blocking: bool = True) -> "Batch":
         return Batch(self.images.to(device, non_blocking=non_blocking),
                      [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()}

@@ -268,7 +268,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             batch = batch.to(device)
             out = training_step(ctx.dense, batch, config.method, config.thresholds, augmenter)
             if not torch.isfinite(out.loss):
-                parts = ", ".join(f"{k}={v:.4g}" for k, v in out.loss_parts.items())
+                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in out.loss_parts.items())
                 raise CominingError(
                     f"non-finite loss at iteration {it} ({parts}); training stopped, the last good "
                     f"checkpoint is {last_good or 'none (no checkpoint yet)'}; try a lower --lr or a "

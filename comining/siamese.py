@@ -23,7 +23,7 @@ from comining.model import DenseForward, slice_head, view_detections, view_loss
 class StepOutput:
     loss: torch.Tensor                  # the sum of the views' losses
     view_losses: dict[str, torch.Tensor]  # view -> its summed loss (detached)
-    loss_parts: dict[str, float]        # "original/classification" -> value
+    loss_parts: dict[str, torch.Tensor]  # "original/classification" -> detached value
     pseudo_counts: dict[str, int]       # view -> pseudo boxes it PRODUCED this step
     targets: dict[str, list[dict]]      # view -> the targets its loss used
 
@@ -77,7 +77,8 @@ def training_step(dense: DenseForward, batch: Batch, method: str, thresholds: Mi
     for v in views:
         losses = view_loss(dense.detector, heads[v], anchors[:b], per_level, targets[v])
         view_losses[v] = sum(losses.values())
-        parts.update({f"{v}/{k}": float(val.detach()) for k, val in losses.items()})
+        # kept on the device: reading them is a host sync, done only when logging
+        parts.update({f"{v}/{k}": val.detach() for k, val in losses.items()})
     total = sum(view_losses.values())
     return StepOutput(loss=total, view_losses={k: v.detach() for k, v in view_losses.items()},
                       loss_parts=parts,

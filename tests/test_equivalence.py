@@ -158,7 +158,7 @@ def test_training_step_original_is_torchvision_loss(case):
                         augmenter=None)
     torch.testing.assert_close(out.loss, sum(stock.values()), **LOSS_TOL)
     for k, v in stock.items():
-        assert out.loss_parts[f"original/{k}"] == pytest.approx(float(v.detach()), rel=1e-5, abs=1e-6)
+        assert float(out.loss_parts[f"original/{k}"]) == pytest.approx(float(v.detach()), rel=1e-5, abs=1e-6)
 
 
 def test_detections_match_torchvision(case):

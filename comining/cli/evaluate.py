@@ -1,0 +1,249 @@
+"""`comining evaluate`: detection AP on complete annotations, and mining quality."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from comining.errors import InputError
+
+DESCRIPTION = """\
+Two evaluations of a trained run (give either or both):
+
+  detection  --images DIR --ann FULL_VAL.json
+      COCO box AP, AP50, AP75, APs, APm, APl of the original view (the test-time
+      detector) against complete annotations, one pycocotools pass over all
+      detections. A size range with no ground truth prints '-' (null in --json).
+
+  mining     --hidden HIDDEN.json   (the erased annotations from `comining sparsify`)
+      at every mined checkpoint, for the original view, the augmented view, their
+      union (a box found by both views counted once) and the boxes both views agreed
+      on: recall of the erased annotations (same class, IoU >= 0.5), precision of the
+      mined boxes (a hit on an erased or a kept annotation is correct), the best
+      recall at precision >= 0.9 over score thresholds, and (in --json) the
+      precision/recall curve over the score. --anchors adds FiftyOne's rule
+      (confidence > 0.95, no annotation at IoU 0.5) and cleanlab's overlooked-box
+      scores (if cleanlab is installed) on this run's predictions."""
+
+EPILOG = """\
+examples:
+  comining evaluate --run runs/hard --images data/images --ann data/annotations/val.json
+  comining evaluate --run runs/hard --hidden data/train_hard_hidden.json --json mining.json
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="COCO AP on complete annotations; mining recall/precision on erased ones",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a trained run folder")
+    p.add_argument("--images", metavar="DIR", help="image root of --ann (detection AP)")
+    p.add_argument("--ann", metavar="FULL_VAL.json",
+                   help="completely annotated COCO json to evaluate the detector on")
+    p.add_argument("--hidden", metavar="HIDDEN.json",
+                   help="the erased annotations of the run's training set (mining quality)")
+    p.add_argument("--checkpoint", default=None, metavar="K|last",
+                   help="checkpoint iteration (default: last for AP, every mined one for mining)")
+    p.add_argument("--anchors", action="store_true",
+                   help="with --hidden: also score FiftyOne's rule and cleanlab (needs a forward "
+                        "pass of the checkpoint over the training images)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, default=8, help="inference batch size (default: 8)")
+    p.add_argument("--json", metavar="OUT", help="also write the results as json (atomically)")
+    p.set_defaults(func=run)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _checkpoint_arg(value):
+    if value in (None, "last"):
+        return value
+    try:
+        it = int(value)
+    except ValueError:
+        raise InputError(None, f"--checkpoint must be an iteration number or 'last', not {value!r}") from None
+    if it < 0:
+        raise InputError(None, "--checkpoint must not be negative")
+    return it
+
+
+def run_training_set(run_dir: Path) -> tuple[str, str | None]:
+    """(training annotation json, image root) of a run: its store's meta, else config.json."""
+    from comining import store
+    from comining.config import TrainConfig
+
+    db = run_dir / store.STORE_NAME
+    if db.exists():
+        conn = store.connect(db)
+        try:
+            meta = store.get_meta(conn)
+        finally:
+            conn.close()
+        if meta.get("ann_path"):
+            return meta["ann_path"], meta.get("images_dir")
+    cfg = run_dir / "config.json"
+    if cfg.exists():
+        config = TrainConfig.load(cfg)
+        return config.ann, config.images
+    raise InputError(run_dir, "not a comining run folder (no comining.sqlite nor config.json)")
+
+
+def detection_ap(run_dir: Path, images: str, ann: str, checkpoint, device: str,
+                 batch_size: int) -> dict:
+    from comining.coco import load_coco_json
+    from comining.evaluate import coco_ap
+    from comining.predict import predict_dataset
+
+    if not Path(images).is_dir():
+        raise InputError(images, "image folder not found")
+    gt = load_coco_json(ann)
+    dets = predict_dataset(run_dir, images, ann, checkpoint=checkpoint or "last", device=device,
+                           batch_size=batch_size)
+    ap = coco_ap(gt, dets)
+    return {**ap, "n_detections": len(dets), "n_images": len(gt["images"]),
+            "n_annotations": sum(1 for a in gt.get("annotations", []) if not a.get("iscrowd", 0))}
+
+
+def check_hidden(sparse: dict, hidden: dict, sparse_path, hidden_path) -> None:
+    """HIDDEN.json must be the erased part of this run's training json."""
+    train_images = {im["id"] for im in sparse["images"]}
+    stray = sorted({a["image_id"] for a in hidden.get("annotations", [])} - train_images)
+    if stray:
+        raise InputError(hidden_path, f"{len(stray)} images of the erased annotations are not in the "
+                                      f"run's training set {sparse_path} (e.g. image {stray[0]}): "
+                                      f"is this the hidden file of another dataset?")
+    kept_ids = {a["id"] for a in sparse.get("annotations", [])}
+    both = [a["id"] for a in hidden.get("annotations", []) if a["id"] in kept_ids]
+    if both:
+        raise InputError(hidden_path, f"{len(both)} of its annotations (e.g. id {both[0]}) are also in "
+                                      f"the run's training json {sparse_path}: this is not the erased "
+                                      f"part of that split (another protocol or seed?)")
+    if not hidden.get("annotations"):
+        print(f"note: {hidden_path} has no erased annotations: recall is undefined ('-')",
+              file=sys.stderr)
+
+
+def mining(run_dir: Path, hidden_path: str, checkpoint) -> tuple[dict, dict, dict]:
+    from comining import store
+    from comining.coco import load_coco_json
+    from comining.evaluate import SELECTIONS, mining_quality, mining_scores
+
+    ann_path, _ = run_training_set(run_dir)
+    sparse = load_coco_json(ann_path)
+    hidden = load_coco_json(hidden_path)
+    check_hidden(sparse, hidden, ann_path, hidden_path)
+    conn = store.connect(run_dir / store.STORE_NAME)
+    try:
+        if checkpoint is None:
+            if not store.checkpoints(conn):
+                raise InputError(run_dir, "no mined checkpoint in this run yet")
+            rows = store.candidates(conn)
+            mined = [r["iteration"] for r in store.checkpoints(conn)]
+        else:
+            it = store.resolve_checkpoint(conn, checkpoint, run_dir)
+            rows = store.candidates(conn, it)
+            mined = [it]
+    finally:
+        conn.close()
+    quality = mining_quality(rows, sparse, hidden)
+    # A mined checkpoint without a single candidate still gets its (empty) rows.
+    for it in mined:
+        if it not in quality:
+            quality[it] = {s: mining_scores([], sparse, hidden) for s in SELECTIONS}
+    quality = dict(sorted(quality.items()))
+    return quality, sparse, hidden
+
+
+def anchors(run_dir: Path, sparse: dict, hidden: dict, checkpoint, device: str,
+            batch_size: int) -> dict:
+    from comining.errors import CominingError
+    from comining.evaluate import cleanlab_overlooked, fiftyone_missing, mining_scores
+    from comining.predict import predict_dataset
+
+    ann_path, images_dir = run_training_set(run_dir)
+    if not images_dir:
+        raise InputError(run_dir, "the run does not record its training images folder")
+    preds = predict_dataset(run_dir, images_dir, ann_path, checkpoint=checkpoint or "last",
+                            device=device, batch_size=batch_size)
+    out = {"fiftyone": mining_scores(fiftyone_missing(preds, sparse), sparse, hidden)}
+    try:
+        out["cleanlab"] = mining_scores(cleanlab_overlooked(preds, sparse), sparse, hidden)
+    except CominingError as exc:
+        out["cleanlab"] = {"skipped": str(exc)}
+    return out
+
+
+def print_ap(result: dict, checkpoint) -> None:
+    from comining.evaluate import AP_KEYS
+
+    print(f"detection on {result['n_images']} images, {result['n_annotations']} annotations, "
+          f"{result['n_detections']} detections (checkpoint {checkpoint or 'last'}):")
+    print("  " + "  ".join(f"{k:>6}" for k in AP_KEYS))
+    print("  " + "  ".join(f"{_fmt(result[k]):>6}" for k in AP_KEYS))
+
+
+def _mining_row(name: str, m: dict, it="") -> str:
+    return (f"  {str(it):>10}  {name:<10} {m['n_mined']:>7} {m['n_hit_erased']:>6}/{m['n_erased']:<6}"
+            f" {_fmt(m['recall']):>7} {_fmt(m['precision']):>9} {_fmt(m['recall_at_p90']):>8}"
+            f" {_fmt(m['ap']):>7}")
+
+
+def print_mining(quality: dict, extra: dict | None) -> None:
+    print("mining (recall of the erased annotations; precision of the mined boxes):")
+    print(f"  {'checkpoint':>10}  {'selection':<10} {'mined':>7} {'found/erased':>13} {'recall':>7}"
+          f" {'precision':>9} {'R@P>=.9':>8} {'PR-AUC':>7}")
+    for it, per_sel in quality.items():
+        for name, m in per_sel.items():
+            print(_mining_row(name, m, it))
+    for name, m in (extra or {}).items():
+        if "skipped" in m:
+            print(f"  {'anchor':>10}  {name:<10} skipped: {m['skipped']}")
+        else:
+            print(_mining_row(name, m, "anchor"))
+
+
+def run(args) -> int:
+    from comining.fileio import atomic_write_json
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, "run folder not found")
+    if not args.ann and not args.hidden:
+        raise InputError(None, "nothing to evaluate: give --images and --ann (detection AP), "
+                               "--hidden (mining quality), or both")
+    if bool(args.ann) != bool(args.images):
+        raise InputError(None, "--ann and --images go together (the annotations and their images)")
+    if args.anchors and not args.hidden:
+        raise InputError(None, "--anchors needs --hidden (anchors are scored on the erased annotations)")
+    if args.batch_size < 1:
+        raise InputError(None, "--batch-size must be at least 1")
+    if args.json:
+        from comining.fileio import refuse_overwrite
+        refuse_overwrite(args.json, args.ann, args.hidden)
+        parent = Path(args.json).parent
+        if not parent.is_dir():
+            raise InputError(args.json, f"output folder {parent} does not exist")
+    checkpoint = _checkpoint_arg(args.checkpoint)
+
+    result: dict = {"run": str(run_dir)}
+    if args.ann:
+        ap = detection_ap(run_dir, args.images, args.ann, checkpoint, args.device, args.batch_size)
+        result.update({"ann": args.ann, "checkpoint": checkpoint or "last", **ap})
+        print_ap(ap, checkpoint)
+    if args.hidden:
+        quality, sparse, hidden = mining(run_dir, args.hidden, checkpoint)
+        extra = None
+        if args.anchors:
+            extra = anchors(run_dir, sparse, hidden, checkpoint, args.device, args.batch_size)
+        result["hidden"] = args.hidden
+        result["mining"] = {str(k): v for k, v in quality.items()}
+        if extra is not None:
+            result["anchors"] = extra
+        print_mining(quality, extra)
+    if args.json:
+        atomic_write_json(args.json, result, indent=1)
+        print(f"wrote {args.json}")
+    return 0

@@ -389,3 +389,29 @@ def test_cli_anchors_score_fiftyone_on_the_runs_predictions(tmp_path, capsys, mo
     assert (fo["n_mined"], fo["recall"], fo["precision"]) == (1, 0.25, 1.0)
     assert "pip install cleanlab" in data["anchors"]["cleanlab"]["skipped"]
     assert "skipped" in capsys.readouterr().out
+
+
+def test_faster_evaluator_gives_pycocotools_numbers():
+    """faster-coco-eval is used by default: it must agree with pycocotools exactly."""
+    import random
+
+    rng = random.Random(1)
+    images = [{"id": i, "file_name": f"{i}.png", "width": 200, "height": 150} for i in range(1, 41)]
+    cats = [{"id": c, "name": str(c)} for c in (1, 5, 9)]
+    anns, dets = [], []
+    for im in images:
+        for _ in range(4):
+            x, y, w, h = rng.uniform(0, 150), rng.uniform(0, 100), rng.uniform(4, 60), rng.uniform(4, 60)
+            c = rng.choice((1, 5, 9))
+            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": c,
+                         "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            dets.append({"image_id": im["id"], "category_id": c, "score": rng.random(),
+                         "bbox": [x + rng.uniform(-6, 6), y + rng.uniform(-6, 6), w, h]})
+            dets.append({"image_id": im["id"], "category_id": rng.choice((1, 5, 9)),
+                         "score": rng.random() * 0.6, "bbox": [rng.uniform(0, 150), 20, 30, 30]})
+    gt = {"images": images, "categories": cats, "annotations": anns}
+    fast = coco_ap(gt, dets, evaluator="faster")
+    slow = coco_ap(gt, dets, evaluator="pycocotools")
+    assert 0.1 < slow["AP"] < 0.9
+    for key in slow:
+        assert fast[key] == pytest.approx(slow[key], abs=1e-9), key

@@ -288,9 +288,10 @@ def _batch_preview(ctx, st, min_score):
 
 
 # Above this many candidates at a checkpoint, decisions do not refresh the batch
-# preview (it scans the whole checkpoint); the slider and the filters still do, and the
-# batch button refuses a count that changed since it was shown.
-LIVE_PREVIEW_MAX = 20000
+# preview (it scans the whole checkpoint, ~15-20 us a candidate on one CPU core: 2000 keep
+# an accept well under 100 ms); the slider and the filters still do, and the batch button
+# refuses a count that changed since it was shown.
+LIVE_PREVIEW_MAX = 2000
 
 
 def _batch_refresh(ctx, st, min_score):
@@ -356,18 +357,23 @@ def _checkpoint_choices(ctx):
 # ----------------------------------------------------------------------------- layout
 
 
-def build(run: review.Run) -> gr.Blocks:
-    """The Blocks app for one opened run."""
+def build(run: review.Run, *, private: bool = False) -> gr.Blocks:
+    """The Blocks app for one opened run. `private` (the app asks for a login): the page
+    title does not name the run, and the class widgets get their choices only when a
+    signed-in page loads (Gradio serves the page, with an API description listing every
+    dropdown's choices, before the login)."""
     ctx = Ctx(run)
     names = ctx.class_names()
-    with gr.Blocks(title=f"comining review · {run.name}", delete_cache=(1800, 3600)) as demo:
+    title = "comining review" if private else f"comining review · {run.name}"
+    shown = [] if private else names   # class choices built into the page
+    with gr.Blocks(title=title, delete_cache=(1800, 3600)) as demo:
         ui = SimpleNamespace()
         ui.state = gr.State(_new_state())
         gr.Markdown(f"## comining review · `{run.name}`")
         ui.status = gr.Markdown("", elem_id="status")
         with gr.Tabs(elem_id="tabs") as ui.tabs:
             with gr.Tab("Review", id="review", elem_id="tab-review"):
-                _review_tab(ui, names)
+                _review_tab(ui, names, shown)
             with gr.Tab("Fast mode", id="fast", elem_id="tab-fast") as ui.fast_tab:
                 _fast_tab(ui)
             with gr.Tab("Progress", id="progress", elem_id="tab-progress") as ui.progress_tab:
@@ -385,7 +391,7 @@ def build(run: review.Run) -> gr.Blocks:
     return demo
 
 
-def _review_tab(ui, names):
+def _review_tab(ui, names, shown):
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=480):
             ui.image = gr.Image(type="numpy", format="jpeg", interactive=False, show_label=False,
@@ -406,7 +412,7 @@ def _review_tab(ui, names):
                 ui.next = gr.Button("Next image (N) ▶", elem_id="next-btn", size="sm")
             ui.candidates = gr.Radio(choices=[], label="Candidates on this image (best first)",
                                      elem_id="candidates")
-            ui.cls = gr.Dropdown(choices=names, label="Class (Accept records this class)",
+            ui.cls = gr.Dropdown(choices=shown, label="Class (Accept records this class)",
                                  elem_id="class-select", interactive=True)
             with gr.Row():
                 ui.accept = gr.Button("✓ Accept (A)", variant="primary", elem_id="accept-btn")
@@ -433,7 +439,8 @@ def _review_tab(ui, names):
             with gr.Accordion("Queue: sort and filter", open=False, elem_id="filters-acc"):
                 ui.sort = gr.Radio([("score", "score"), ("agreement of the two views", "agreement")],
                                    value="score", label="Sort")
-                ui.f_classes = gr.Dropdown(names, multiselect=True, value=[], label="Classes (none = all)")
+                ui.f_classes = gr.Dropdown(shown, multiselect=True, value=[],
+                                           label="Classes (none = all)")
                 ui.f_views = gr.CheckboxGroup(VIEW_CHOICES, value=[], label="Found by (none = any)")
                 with gr.Row():
                     ui.f_min = gr.Slider(0, 1, value=0.0, step=0.01, label="min score")
@@ -513,10 +520,11 @@ def _wire(ui, ctx: Ctx, demo: gr.Blocks) -> None:
         return (*_view(ctx, st, [v for _, v in LAYER_LABELS], True),
                 gr.update(choices=choices, value=st["checkpoint"]),
                 gr.update(choices=[("last", "last")] + choices, value="last"),
-                status, *_batch_preview(ctx, st, min_score))
+                status, *_batch_preview(ctx, st, min_score), gr.update(choices=ctx.class_names()))
 
     demo.load(on_load, [ui.state, ui.batch_score],
-              VIEW + [ui.checkpoint, ui.x_checkpoint, ui.status] + BATCH, api_name="load")
+              VIEW + [ui.checkpoint, ui.x_checkpoint, ui.status] + BATCH + [ui.f_classes],
+              api_name="load")
 
     @_guard
     def on_reload(st, layers, labels_on, min_score):
@@ -823,7 +831,7 @@ def launch(run_dir, *, host: str = "127.0.0.1", port: int = 7860, auth=None, sha
     run = review.open_run(run_dir)
     if isinstance(auth, str):
         auth = parse_auth(auth)
-    demo = build(run)
+    demo = build(run, private=auth is not None)
     demo.queue(default_concurrency_limit=4)
     try:
         _, url, share_url = demo.launch(

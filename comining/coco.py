@@ -23,6 +23,9 @@ from comining.fileio import read_json
 
 # A box whose part inside its image is below this fraction of its area is "far outside".
 MIN_INSIDE_FRACTION = 0.5
+# A box side below this (pixels) counts as zero: such a side can vanish in float32 after
+# resizing, and a zero-width target makes the box-regression loss infinite.
+MIN_BOX_SIDE = 0.01
 # Refuse to decode images above this many pixels (decompression bombs); PIL's own default.
 MAX_IMAGE_PIXELS = int(os.environ.get("COMINING_MAX_IMAGE_PIXELS", 89_478_485))
 _EXIF_ORIENTATION = 0x0112
@@ -153,8 +156,9 @@ def _box_problem(bbox, width, height) -> str | None:
     x, y, w, h = bbox
     if w < 0 or h < 0:
         return f"bbox has negative size {w}x{h}"
-    if w == 0 or h == 0:
-        return f"bbox has zero size {w}x{h}"
+    if w < MIN_BOX_SIDE or h < MIN_BOX_SIDE:
+        tiny = "" if w == 0 or h == 0 else f" (a side below {MIN_BOX_SIDE} px)"
+        return f"bbox has zero size {w}x{h}{tiny}"
     if width is not None and height is not None:
         iw = max(0.0, min(x + w, width) - max(x, 0.0))
         ih = max(0.0, min(y + h, height) - max(y, 0.0))
@@ -179,6 +183,8 @@ def validate_coco_dict(data, path) -> None:
     annotations = data.get("annotations", [])
     if not categories:
         raise InputError(path, "no categories: a detection dataset needs at least one")
+    if not images:
+        raise InputError(path, "no images: the dataset is empty")
     _check_unique_ids(path, images, "image")
     _check_unique_ids(path, categories, "category")
     _check_unique_ids(path, annotations, "annotation")

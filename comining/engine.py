@@ -105,10 +105,7 @@ class RunContext:
 
     @classmethod
     def open(cls, run_dir: Path, *, device: str = "auto") -> "RunContext":
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.exists():
-            raise InputError(run_dir, "not a comining run directory (no config.json)")
-        config = TrainConfig.load(cfg_path)
+        config = load_run_config(run_dir)
         coco = load_coco(config.ann, config.images)
         return cls(config, run_dir, coco, resolve_device(device if device != "auto" else config.device))
 
@@ -126,15 +123,61 @@ class RunContext:
 
     def load_weights(self, path: Path) -> dict:
         state = load_checkpoint(path)
-        self.detector.load_state_dict(state["model"])
+        load_model_state(self.detector, state["model"], path, self.config)
         return state
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """RUN_DIR/config.json as a TrainConfig; a missing, half-written or foreign file (another
+    comining version: unknown or mistyped settings) is an InputError naming the file."""
+    cfg_path = Path(run_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise InputError(run_dir, "not a comining run directory (no config.json)")
+    try:
+        return TrainConfig.load(cfg_path)
+    except InputError as exc:
+        if exc.path is not None:
+            raise
+        raise InputError(cfg_path, exc.problem) from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise InputError(cfg_path, f"not a run config of this comining version "
+                                   f"({type(exc).__name__}: {_first_sentence(exc)})") from None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The first line of an exception message, cut at its first sentence (torch's
+    messages run on for lines of advice)."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    head, sep, _ = text.partition(". ")
+    return head + ("." if sep else "")
+
+
+def load_model_state(detector: torch.nn.Module, state_dict: dict, path: Path,
+                     config: TrainConfig) -> None:
+    """Load a checkpoint's weights; a checkpoint of another model (another backbone,
+    width or number of classes than config.json says) is an InputError, not a page of
+    missing keys."""
+    try:
+        detector.load_state_dict(state_dict)
+    except RuntimeError:
+        own = detector.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        shapes = [k for k in own if k in state_dict and hasattr(state_dict[k], "shape")
+                  and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+        raise InputError(path, f"does not fit the run's model ({config.detector}, "
+                               f"{config.backbone}, fpn {config.fpn_channels}): "
+                               f"{len(missing)} missing, {len(unexpected)} unexpected and "
+                               f"{len(shapes)} mis-shaped weights (was config.json edited, or the "
+                               f"checkpoint copied from another run?)") from None
 
 
 def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: "
+                               f"{_first_sentence(exc)}); a half-written or damaged file?") from None
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise InputError(path, "not a comining checkpoint")
     return state
@@ -170,7 +213,7 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, coco: CocoDataset, resu
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.json"
     if resume and cfg_path.exists():
-        old = TrainConfig.load(cfg_path).as_dict()
+        old = load_run_config(run_dir).as_dict()
         new = config.as_dict()
         fixed = ("ann", "detector", "backbone", "method", "image_size", "batch_size", "seed", "augment")
         changed = [k for k in fixed if old.get(k) != new.get(k)]
@@ -237,15 +280,20 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if existing:
         it0, path = existing[-1]
         state = load_checkpoint(path)
-        ctx.detector.load_state_dict(state["model"])
+        load_model_state(ctx.detector, state["model"], path, config)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"], device)
         start = state["iteration"]
         if ddp.main:
             _truncate_metrics(run_dir / "metrics.jsonl", start)
+        if config.mine and start not in _mined_iterations(run_dir):
+            # Killed while mining this checkpoint: its store transaction never committed.
+            _mine(ctx, start, path, None)
         if start >= config.iters:
             return run_dir
+    elif ddp.main:   # a run killed before its first checkpoint starts over: so does its log
+        _truncate_metrics(run_dir / "metrics.jsonl", 0)
 
     sampler = TrainingSampler(len(ctx.train_dataset), config.batch_size, seed=config.seed, flip=True,
                               start_iter=start, rank=ddp.rank, world_size=ddp.world_size)
@@ -311,18 +359,33 @@ def _checkpoint_and_mine(ctx: RunContext, iteration: int, optimizer, scheduler, 
     path = None
     if ctx.ddp.main:
         path = save_checkpoint(ctx, iteration, optimizer, scheduler)
+    path = path or ctx.run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
     if ctx.config.mine:
-        if bar:
-            bar.set_description(f"mining at {iteration}")
-        cands = mine_dataset(ctx.dense, ctx.mining_dataset, ctx.config.thresholds,
-                             augment=ctx.config.augment, device=ctx.device,
-                             batch_size=ctx.config.batch_size, num_workers=ctx.config.num_workers,
-                             seed=ctx.config.seed + iteration, rank=ctx.ddp.rank,
-                             world_size=ctx.ddp.world_size)
-        cands = gather_candidates(cands, ctx.ddp.world_size)
-        if ctx.ddp.main:
-            record(ctx.run_dir, iteration=iteration, checkpoint_path=path,
-                   thresholds=ctx.config.thresholds, candidates=cands)
-        if bar:
-            bar.set_description(f"{ctx.config.method} {ctx.config.detector}")
-    return path or ctx.run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
+        _mine(ctx, iteration, path, bar)
+    return path
+
+
+def _mined_iterations(run_dir: Path) -> set[int]:
+    conn = store.connect(run_dir / store.STORE_NAME)
+    try:
+        return {r["iteration"] for r in store.checkpoints(conn)}
+    finally:
+        conn.close()
+
+
+def _mine(ctx: RunContext, iteration: int, path: Path, bar) -> None:
+    """Mine the training set with the current weights (those of checkpoint `iteration`)
+    and store the candidates in one transaction (all ranks take part under DDP)."""
+    if bar:
+        bar.set_description(f"mining at {iteration}")
+    cands = mine_dataset(ctx.dense, ctx.mining_dataset, ctx.config.thresholds,
+                         augment=ctx.config.augment, device=ctx.device,
+                         batch_size=ctx.config.batch_size, num_workers=ctx.config.num_workers,
+                         seed=ctx.config.seed + iteration, rank=ctx.ddp.rank,
+                         world_size=ctx.ddp.world_size)
+    cands = gather_candidates(cands, ctx.ddp.world_size)
+    if ctx.ddp.main:
+        record(ctx.run_dir, iteration=iteration, checkpoint_path=path,
+               thresholds=ctx.config.thresholds, candidates=cands)
+    if bar:
+        bar.set_description(f"{ctx.config.method} {ctx.config.detector}")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from comining import review, store
 from comining.errors import InputError
-from comining.fileio import atomic_write_json, read_json, refuse_overwrite, same_file
+from comining.fileio import atomic_write_many, json_bytes, read_json, refuse_overwrite, same_file
 
 MODES = ("reviewed", "agreed", "all")
 
@@ -152,15 +152,21 @@ def export_run(run: review.Run, out, *, accept: str = "reviewed", min_score: flo
     from comining.coco import validate_coco_dict
     data = read_json(run.ann_path)
     validate_coco_dict(data, run.ann_path)
-    accepted, rejected = collect(run, accept=accept, min_score=min_score, checkpoint=checkpoint)
+    with store.snapshot(run.conn):   # decisions and candidates as of one moment
+        accepted, rejected = collect(run, accept=accept, min_score=min_score,
+                                     checkpoint=checkpoint)
     merged = merge_duplicates(accepted)
     enlarged = build_enlarged(data, merged)
     n_new = len(enlarged["annotations"]) - len(data.get("annotations", []))
-    atomic_write_json(side, {
-        "comining": "rejected candidates", "source": str(run.ann_path), "export": str(out),
-        "accept": accept, "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "rejected": rejected})
-    atomic_write_json(out, enlarged)
+    # Both files complete before either replaces anything (a full disk or a kill leaves
+    # the old pair); the output renamed last, so a new output always has its sidecar.
+    atomic_write_many([
+        (side, json_bytes({
+            "comining": "rejected candidates", "source": str(run.ann_path), "export": str(out),
+            "accept": accept,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "rejected": rejected})),
+        (out, json_bytes(enlarged))])
     return {"out": str(out), "sidecar": str(side), "accept": accept, "added": n_new,
             "human": sum(1 for r in merged if r["human"]),
             "auto": sum(1 for r in merged if not r["human"]),

@@ -113,6 +113,7 @@ def mine_checkpoint(run_dir, checkpoint: str | int = "last", *, thresholds: Mini
     """Re-mine one saved checkpoint of a run (other thresholds allowed) into its store."""
     from comining.engine import RunContext  # the engine owns run loading
 
+    store.connect(Path(run_dir) / store.STORE_NAME).close()  # a bad store fails before the work
     ctx = RunContext.open(Path(run_dir), device=device)
     it, path = ctx.checkpoint_path(checkpoint)
     ctx.load_weights(path)

@@ -124,6 +124,17 @@ def transaction(conn: sqlite3.Connection):
     conn.execute("COMMIT")
 
 
+@contextmanager
+def snapshot(conn: sqlite3.Connection):
+    """BEGIN (deferred) ... END: the reads inside see one state of the store (a WAL read
+    snapshot), whatever other processes commit meanwhile; takes no write lock."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
+
+
 def set_meta(conn: sqlite3.Connection, **values) -> None:
     with transaction(conn):
         for k, v in values.items():

@@ -19,8 +19,16 @@ COMMANDS = ["demo", "synth", "sparsify", "check", "train", "mine", "candidates",
             "evaluate", "review", "export"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line plus where to read more (argparse would print the whole
+    synopsis first: fifteen lines for `train`); exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="comining",
         description="Find the objects your COCO dataset forgot to label: train a co-mining "
                     "detector, review the boxes it mines, export an enlarged COCO json.")
@@ -59,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or an environment failure: still one line
         if debug:
             raise
-        print(f"comining {args.command}: error: {type(exc).__name__}: {exc} "
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        text = lines[0] + (" ..." if len(lines) > 1 else "") if lines else ""
+        print(f"comining {args.command}: error: {type(exc).__name__}: {text} "
               f"(run with --debug for the traceback)", file=sys.stderr)
         return 1

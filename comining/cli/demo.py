@@ -6,11 +6,13 @@ at every checkpoint -> open the review app. Re-running resumes or reuses what is
 
 from __future__ import annotations
 
-# Small enough to learn something meaningful in about ten minutes on 2 CPU cores.
-CPU_SETTINGS = dict(backbone="mobilenet_v3", fpn_channels=64, image_size=192, batch_size=8,
-                    iters=1200, checkpoint_every=300, lr=0.02)
-GPU_SETTINGS = dict(backbone="resnet18", fpn_channels=256, image_size=256, batch_size=16,
-                    iters=3000, checkpoint_every=500, lr=0.02)
+# Small enough to learn something meaningful in about ten minutes on 2 CPU cores. FCOS:
+# from scratch it learns this data far sooner than RetinaNet (measured on CPU, 400 iterations
+# of 8 images, no pretrained weights: val AP 0.175 vs 0.003).
+CPU_SETTINGS = dict(detector="fcos", backbone="mobilenet_v3", fpn_channels=64, image_size=192,
+                    batch_size=8, iters=640, checkpoint_every=160, lr=0.02)
+GPU_SETTINGS = dict(detector="fcos", backbone="resnet18", fpn_channels=256, image_size=256,
+                    batch_size=16, iters=3000, checkpoint_every=500, lr=0.02)
 
 
 def register(subparsers) -> None:
@@ -65,14 +67,15 @@ def run(args) -> int:
         settings["checkpoint_every"] = max(1, args.iters // 4)
     run_dir = out / "run"
     config = TrainConfig(images=str(data / "images"), ann=str(sparse), run=str(run_dir),
-                         method="comining", detector="retinanet", weights_backbone="none",
+                         method="comining", weights_backbone="none",
                          device=args.device, seed=args.seed, hidden=str(hidden), num_workers=1,
                          log_every=10, **settings)
     done = list_checkpoints(run_dir)
     if done and done[-1][0] >= config.iters:
         print(f"[3/4] run already trained in {run_dir}")
     else:
-        print(f"[3/4] training co-mining ({settings['backbone']}, {settings['iters']} iterations, "
+        print(f"[3/4] training co-mining ({settings['detector']} {settings['backbone']}, "
+              f"{settings['iters']} iterations, "
               f"{'GPU' if cuda else 'CPU'}) in {run_dir}")
         train(config, resume=bool(done))
     from comining import store

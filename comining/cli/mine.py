@@ -22,16 +22,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from comining.config import MiningThresholds, TrainConfig
-    from comining.errors import InputError
+    from comining.config import MiningThresholds
+    from comining.engine import load_run_config
     from comining.mining import mine_checkpoint
 
-    cfg_path = Path(args.run) / "config.json"
-    if not cfg_path.exists():
-        raise InputError(args.run, "not a comining run directory (no config.json)")
-    base = TrainConfig.load(cfg_path).thresholds.as_dict()
+    base = load_run_config(args.run).thresholds.as_dict()
     for key in ("score_thresh", "nms_iou", "gt_iou"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)

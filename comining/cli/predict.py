@@ -20,10 +20,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from comining.engine import load_run_config
     from comining.fileio import atomic_write_json, refuse_overwrite
     from comining.predict import predict_dataset
 
     refuse_overwrite(args.out, args.ann)
+    load_run_config(args.run)   # a missing or foreign config.json: one line naming it
     dets = predict_dataset(args.run, args.images, args.ann, checkpoint=args.checkpoint,
                            device=args.device, batch_size=args.batch_size)
     atomic_write_json(args.out, dets)

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from comining.errors import InputError
-from comining.fileio import atomic_write_json, read_json, refuse_overwrite, same_file
+from comining.fileio import atomic_write_many, json_bytes, read_json, refuse_overwrite, same_file
 from comining.sparsify import PROTOCOLS, RULES, sparsify
 
 EPILOG = """\
@@ -79,8 +79,8 @@ def run(args) -> int:
     validate_coco_dict(data, args.ann)
     sparse, hidden = sparsify(data, args.protocol, seed=args.seed, path=args.ann)
 
-    atomic_write_json(args.out, sparse)
-    atomic_write_json(args.hidden, hidden)
+    # Both complete before either replaces anything: never a new SPARSE with an old HIDDEN.
+    atomic_write_many([(args.hidden, json_bytes(hidden)), (args.out, json_bytes(sparse))])
     kept, erased = len(sparse["annotations"]), len(hidden["annotations"])
     print(f"sparsify {args.protocol} (seed {args.seed}): kept {kept}, erased {erased} of "
           f"{kept + erased} annotations on {len(data['images'])} images -> "

@@ -148,4 +148,10 @@ class TrainConfig:
         d = read_json(path)
         if not isinstance(d, dict) or "ann" not in d:
             raise InputError(path, "not a comining run config")
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except InputError as exc:
+            raise InputError(path, exc.problem) from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise InputError(path, f"not a run config of this comining version "
+                                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None

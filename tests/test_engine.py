@@ -193,3 +193,35 @@ def test_offline_imagenet_weights_fail_clearly(tiny_dataset, tmp_path, monkeypat
                    "--iters", "1", env={"TORCH_HOME": str(tmp_path / "torch_home"),
                                         "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
     assert_clean_error(proc, "ImageNet weights", "--weights-backbone none", code=1)
+
+
+def test_init_from_a_detector_with_another_number_of_classes(tiny_dataset, tmp_path):
+    """--init: a COCO-style detector (91 classes) starts a 3-class run; only the class
+    layer is rebuilt, every other weight is loaded."""
+    from comining.model import build_detector, load_init
+
+    coco_style = build_detector("retinanet", "mobilenet_v3", 91, image_size=96, fpn_channels=32)
+    path = tmp_path / "coco_retinanet.pth"
+    torch.save(coco_style.state_dict(), path)
+    model = build_detector("retinanet", "mobilenet_v3", 3, image_size=96, fpn_channels=32)
+    report = load_init(model, path)
+    assert report["reinitialised"] == ["head.classification_head.cls_logits.weight",
+                                       "head.classification_head.cls_logits.bias"]
+    src, dst = coco_style.state_dict(), model.state_dict()
+    assert torch.equal(src["head.regression_head.bbox_reg.weight"], dst["head.regression_head.bbox_reg.weight"])
+    assert dst["head.classification_head.cls_logits.weight"].shape[0] == 9 * 3
+    # and a training run starts from it
+    run = train(tiny_config(tiny_dataset, tmp_path / "run", init=str(path), iters=1,
+                            checkpoint_every=1), progress=False)
+    assert list_checkpoints(run)
+
+
+def test_init_from_another_backbone_is_refused(tmp_path):
+    from comining.model import build_detector, load_init
+
+    other = build_detector("fcos", "resnet18", 3, image_size=96, fpn_channels=32)
+    path = tmp_path / "other.pth"
+    torch.save(other.state_dict(), path)
+    model = build_detector("retinanet", "mobilenet_v3", 3, image_size=96, fpn_channels=32)
+    with pytest.raises(InputError, match="tensors fit this detector"):
+        load_init(model, path)

@@ -94,7 +94,7 @@ def test_cli_review_prints_its_url_and_stops_on_ctrl_c(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
             proc.wait()

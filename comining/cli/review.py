@@ -68,6 +68,12 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 7860, auth=None,
     try:
         demo.block_thread()
     finally:
+        # Also when Ctrl+C lands before block_thread() took over: the server's threads
+        # would otherwise keep the process alive.
+        try:
+            demo.close()
+        except Exception:
+            pass
         run_ = getattr(demo, "comining_run", None)
         if run_ is not None:
             run_.close()

@@ -86,7 +86,10 @@ def test_cli_review_prints_its_url_and_stops_on_ctrl_c(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.Popen([sys.executable, "-m", "comining", "review", "--run", str(info.run_dir),
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+                            text=True, env=env,
+                            # Ctrl+C as from a terminal: an ignored SIGINT (inherited from
+                            # whatever ran the suite) would otherwise stay ignored in the child
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}/" in line, line

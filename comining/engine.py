@@ -52,6 +52,24 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def resolve_checkpoint(run_dir: Path, which: str | int = "last") -> tuple[int, Path]:
+    """'last' or an iteration number -> (iteration, path) of a saved checkpoint."""
+    found = list_checkpoints(Path(run_dir))
+    if not found:
+        raise InputError(run_dir, "this run has no checkpoint yet")
+    if which in ("last", None):
+        return found[-1]
+    have = ", ".join(str(i) for i, _ in found)
+    try:
+        wanted = int(which)
+    except (TypeError, ValueError):
+        raise InputError(run_dir, f"checkpoint {which!r} is not 'last' or an iteration; have {have}") from None
+    for it, p in found:
+        if it == wanted:
+            return it, p
+    raise InputError(run_dir, f"no checkpoint at iteration {which}; have {have}")
+
+
 def lr_factor(it: int, config: TrainConfig) -> float:
     """Linear warm-up from 0.001, then x0.1 at each of the scaled steps."""
     warm = config.warmup
@@ -110,16 +128,7 @@ class RunContext:
         return cls(config, run_dir, coco, resolve_device(device if device != "auto" else config.device))
 
     def checkpoint_path(self, which: str | int = "last") -> tuple[int, Path]:
-        found = list_checkpoints(self.run_dir)
-        if not found:
-            raise InputError(self.run_dir, "this run has no checkpoint yet")
-        if which in ("last", None):
-            return found[-1]
-        for it, p in found:
-            if it == int(which):
-                return it, p
-        raise InputError(self.run_dir, f"no checkpoint at iteration {which}; have "
-                                       f"{', '.join(str(i) for i, _ in found)}")
+        return resolve_checkpoint(self.run_dir, which)
 
     def load_weights(self, path: Path) -> dict:
         state = load_checkpoint(path)

@@ -8,8 +8,8 @@ import torch
 
 from comining.coco import load_coco
 from comining.data import DetectionDataset, boxes_to_original, make_loader
-from comining.engine import list_checkpoints, load_checkpoint, resolve_device
-from comining.config import TrainConfig
+from comining.engine import (load_checkpoint, load_model_state, load_run_config, resolve_checkpoint,
+                             resolve_device)
 from comining.errors import InputError
 from comining.model import DenseForward, build_detector, view_detections
 
@@ -21,15 +21,8 @@ def predict_dataset(run_dir, images_dir, ann_path, *, checkpoint: str | int = "l
     """Test-time detections (torchvision's scores, test NMS, 100 per image) over a dataset
     whose categories are the run's (by id); boxes as COCO xywh in original pixels."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise InputError(run_dir, "not a comining run directory (no config.json)")
-    config = TrainConfig.load(run_dir / "config.json")
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise InputError(run_dir, "this run has no checkpoint yet")
-    path = found[-1][1] if checkpoint in ("last", None) else dict(found).get(int(checkpoint))
-    if path is None:
-        raise InputError(run_dir, f"no checkpoint at iteration {checkpoint}")
+    config = load_run_config(run_dir)
+    _, path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     coco = load_coco(ann_path, images_dir)
     run_ids = sorted(c["id"] for c in state["categories"])
@@ -39,7 +32,7 @@ def predict_dataset(run_dir, images_dir, ann_path, *, checkpoint: str | int = "l
     detector = build_detector(config.detector, config.backbone, len(run_ids),
                               image_size=config.image_size, weights_backbone="none",
                               fpn_channels=config.fpn_channels)
-    detector.load_state_dict(state["model"])
+    load_model_state(detector, state["model"], path, config)
     detector.to(dev).eval()
     dense = DenseForward(detector, autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None)
     dense.net.eval()

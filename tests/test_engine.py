@@ -225,3 +225,15 @@ def test_init_from_another_backbone_is_refused(tmp_path):
     model = build_detector("retinanet", "mobilenet_v3", 3, image_size=96, fpn_channels=32)
     with pytest.raises(InputError, match="tensors fit this detector"):
         load_init(model, path)
+
+
+def test_resolve_checkpoint_names_what_exists(tiny_dataset, tmp_path):
+    from comining.engine import resolve_checkpoint
+
+    run = train(tiny_config(tiny_dataset, tmp_path / "run", iters=2, checkpoint_every=1), progress=False)
+    assert resolve_checkpoint(run, "last")[0] == 2
+    assert resolve_checkpoint(run, "1")[0] == 1
+    with pytest.raises(InputError, match="no checkpoint at iteration 7; have 1, 2"):
+        resolve_checkpoint(run, 7)
+    with pytest.raises(InputError, match="not 'last' or an iteration"):
+        resolve_checkpoint(run, "latest")

@@ -31,6 +31,7 @@ its own class and box.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -46,6 +47,7 @@ from comining import store
 from comining.coco import file_name_problem, load_rgb
 from comining.errors import InputError
 from comining.fileio import read_json
+from comining.util import paused_gc
 
 IOU_SAME = 0.5                      # same object: same class and IoU >= this
 VIEW_KINDS = ("original", "augmented", "both")
@@ -84,8 +86,8 @@ def iou_matrix(a, b) -> np.ndarray:
 
 def iou(a, b) -> float:
     """IoU of two xywh boxes (plain Python: fast for single pairs)."""
-    ax, ay, aw, ah = (float(v) for v in a)
-    bx, by, bw, bh = (float(v) for v in b)
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
     iw = min(ax + aw, bx + bw) - max(ax, bx)
     ih = min(ay + ah, by + bh) - max(ay, by)
     if iw <= 0 or ih <= 0:
@@ -110,6 +112,22 @@ def clean_box(box, width: int, height: int) -> tuple[float, float, float, float]
         raise InputError(None, f"box {[round(v, 1) for v in (x, y, w, h)]} is empty inside its "
                                f"{width}x{height} image")
     return (round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2))
+
+
+def clean_boxes(boxes, widths, heights) -> tuple[np.ndarray, np.ndarray]:
+    """`clean_box` over many boxes at once: (N, 4) xywh and the N image sizes ->
+    (the clipped boxes rounded to 0.01 px, a mask of those that are finite and keep at
+    least 1 px each way)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    wid, hei = np.asarray(widths, np.float64), np.asarray(heights, np.float64)
+    with np.errstate(invalid="ignore"):
+        x1 = np.clip(b[:, 0], 0, wid)
+        y1 = np.clip(b[:, 1], 0, hei)
+        x2 = np.clip(b[:, 0] + b[:, 2], 0, wid)
+        y2 = np.clip(b[:, 1] + b[:, 3], 0, hei)
+        ok = np.isfinite(b).all(axis=1) & (x2 - x1 >= 1) & (y2 - y1 >= 1)
+    out = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1).round(2)
+    return out, ok
 
 
 # ----------------------------------------------------------------------------- records
@@ -251,6 +269,7 @@ class Run:
         self._annotations_problem: str | None = None
         self._image_cache: OrderedDict = OrderedDict()
         self._plot_cache: dict = {}
+        self._groups_cache: OrderedDict = OrderedDict()   # checkpoint -> (mined_at, items)
         try:
             self.conn  # validates the store (missing, foreign, other schema version)
             self.config = self._read_config()
@@ -324,6 +343,26 @@ class Run:
 
     def checkpoint_rows(self) -> list[dict]:
         return [dict(r) for r in store.checkpoints(self.conn)]
+
+    def grouped_items(self, checkpoint: int) -> dict[int, list[Item]]:
+        """{image_id: pending items} of a checkpoint (see `grouped_items`), cached: the
+        grouping depends on the candidates only, which change only when the checkpoint
+        is re-mined (a new `mined_at`). Decisions are always applied live."""
+        row = self.conn.execute("SELECT mined_at FROM checkpoints WHERE iteration = ?",
+                                (checkpoint,)).fetchone()
+        mined_at = row["mined_at"] if row else None
+        with self._lock:
+            hit = self._groups_cache.get(checkpoint)
+            if hit is not None and hit[0] == mined_at:
+                self._groups_cache.move_to_end(checkpoint)
+                return hit[1]
+        with paused_gc():
+            grouped = grouped_items(self.conn, checkpoint)
+        with self._lock:
+            self._groups_cache[checkpoint] = (mined_at, grouped)
+            while len(self._groups_cache) > 3:
+                self._groups_cache.popitem(last=False)
+        return grouped
 
     def category_name(self, category_id) -> str:
         return self.categories.get(category_id, str(category_id))
@@ -458,53 +497,6 @@ def decisions(conn, image_id: int | None = None, *, ids=None) -> list[Decision]:
     return [_decision(r) for r in rows]
 
 
-def _group(rows) -> list[list]:
-    """Group one image's candidates (one checkpoint) into objects; top-scoring first."""
-    order = sorted(rows, key=lambda r: (-r["score"], r["id"]))
-    if not order:
-        return []
-    boxes = np.array([[r["x"], r["y"], r["w"], r["h"]] for r in order], np.float64)
-    ious = iou_matrix(boxes, boxes)
-    group_of: dict[int, int] = {}
-    groups: list[list[int]] = []
-    for i, r in enumerate(order):
-        g = None
-        partner = r["partner_id"]
-        if partner is not None and partner in group_of:
-            cand = group_of[partner]
-            if order[groups[cand][0]]["category_id"] == r["category_id"]:
-                g = cand
-        if g is None:
-            for k, members in enumerate(groups):
-                top = members[0]
-                if order[top]["category_id"] == r["category_id"] and ious[i, top] >= IOU_SAME:
-                    g = k
-                    break
-        if g is None:
-            groups.append([i])
-            g = len(groups) - 1
-        else:
-            groups[g].append(i)
-        group_of[r["id"]] = g
-    by_id = {r["id"]: (i, r) for i, r in enumerate(order)}
-    out = []
-    for members in groups:
-        rows_g = [order[i] for i in members]
-        views = {r["view"] for r in rows_g}
-        top = rows_g[0]
-        if len(views) == 2:
-            o = next(i for i in members if order[i]["view"] == "original")
-            a = next(i for i in members if order[i]["view"] == "augmented")
-            agreement = float(ious[o, a])
-        elif top["agreed"] and top["partner_id"] in by_id:
-            agreement = float(ious[members[0], by_id[top["partner_id"]][0]])
-        else:
-            agreement = 0.0
-        view = "both" if len(views) == 2 or any(r["agreed"] for r in rows_g) else top["view"]
-        out.append((rows_g, view, agreement))
-    return out
-
-
 def _covering(item_cats: np.ndarray, item_boxes: np.ndarray, members: list[tuple],
               decs: list[Decision], include_rejected: bool) -> list[Decision | None]:
     """For each item (class, top box, member ids), the latest decision that covers it
@@ -539,55 +531,115 @@ def _covering(item_cats: np.ndarray, item_boxes: np.ndarray, members: list[tuple
     return out
 
 
+# Candidate columns as the grouping reads them: plain tuples (fetched without sqlite3.Row,
+# the grouping of a checkpoint being a hot path of exports and of the first page load).
+_CAND_COLS = "id, image_id, category_id, x, y, w, h, score, view, agreed, partner_id"
+_ID, _IMAGE, _CAT, _X, _Y, _W, _H, _SCORE, _VIEW, _AGREED, _PARTNER = range(11)
+
+
+def _candidate_rows(conn, where: str, params) -> list[tuple]:
+    cur = conn.cursor()
+    cur.row_factory = None
+    return cur.execute(f"SELECT {_CAND_COLS} FROM candidates WHERE {where}", params).fetchall()
+
+
+def group_items(rows, checkpoint: int) -> list[Item]:
+    """Items of one image at one checkpoint from its candidate rows (tuples in
+    `_CAND_COLS` order), all pending, best score first. Greedy by score: a candidate
+    joins the item of its agreed partner, else the first item of its class whose top
+    box it overlaps with IoU >= 0.5. Depends on the candidates only, so a run caches
+    it per checkpoint."""
+    order = sorted(rows, key=lambda r: (-r[_SCORE], r[_ID]))
+    box = {r[_ID]: (r[_X], r[_Y], r[_W], r[_H]) for r in order}
+    group_of: dict[int, int] = {}
+    groups: list[list[tuple]] = []
+    of_class: dict[int, list[int]] = defaultdict(list)   # class -> its groups, oldest first
+    for r in order:
+        g = None
+        partner = r[_PARTNER]
+        if partner is not None and partner in group_of:
+            if groups[group_of[partner]][0][_CAT] == r[_CAT]:
+                g = group_of[partner]
+        if g is None:
+            mine = box[r[_ID]]
+            for k in of_class[r[_CAT]]:
+                if iou(mine, box[groups[k][0][_ID]]) >= IOU_SAME:
+                    g = k
+                    break
+        if g is None:
+            g = len(groups)
+            groups.append([r])
+            of_class[r[_CAT]].append(g)
+        else:
+            groups[g].append(r)
+        group_of[r[_ID]] = g
+    items = []
+    for members in groups:
+        top = members[0]
+        views = {r[_VIEW] for r in members}
+        if len(views) == 2:
+            o = next(r for r in members if r[_VIEW] == "original")
+            a = next(r for r in members if r[_VIEW] == "augmented")
+            agreement = iou(box[o[_ID]], box[a[_ID]])
+        elif top[_AGREED] and top[_PARTNER] in box:
+            agreement = iou(box[top[_ID]], box[top[_PARTNER]])
+        else:
+            agreement = 0.0
+        view = "both" if len(views) == 2 or any(r[_AGREED] for r in members) else top[_VIEW]
+        items.append(Item(id=top[_ID], image_id=top[_IMAGE], checkpoint=checkpoint,
+                          category_id=top[_CAT], box=box[top[_ID]], score=float(top[_SCORE]),
+                          view=view, agreement=float(agreement),
+                          member_ids=tuple(r[_ID] for r in members)))
+    return items   # groups are created in score order: already best first
+
+
+def decide_items(items: list[Item], decs: list[Decision], *,
+                 include_rejected: bool = False) -> list[Item]:
+    """The pending `items` of one image with the state its decisions give them."""
+    if not items or not decs:
+        return items
+    boxes = np.array([it.box for it in items], np.float64)
+    cats = np.array([it.category_id for it in items])
+    covering = _covering(cats, boxes, [it.member_ids for it in items], decs, include_rejected)
+    return [it if d is None else dataclasses.replace(it, state=d.decision, decision=d)
+            for it, d in zip(items, covering)]
+
+
 def build_items(rows, decs: list[Decision], checkpoint: int, *,
                 include_rejected: bool = False) -> list[Item]:
     """Items of one image at one checkpoint from its candidate rows and its decisions,
     best score first."""
-    groups = _group(rows)
-    if not groups:
-        return []
-    tops = [g[0][0] for g in groups]
-    members = [tuple(r["id"] for r in g[0]) for g in groups]
-    boxes = np.array([(t["x"], t["y"], t["w"], t["h"]) for t in tops], np.float64)
-    cats = np.array([t["category_id"] for t in tops])
-    covering = _covering(cats, boxes, members, decs, include_rejected)
-    items = []
-    for (rows_g, view, agreement), top, ids, d in zip(groups, tops, members, covering):
-        items.append(Item(id=top["id"], image_id=top["image_id"], checkpoint=checkpoint,
-                          category_id=top["category_id"],
-                          box=(top["x"], top["y"], top["w"], top["h"]), score=float(top["score"]),
-                          view=view, agreement=agreement, member_ids=ids,
-                          state=d.decision if d else "pending", decision=d))
-    items.sort(key=lambda it: (-it.score, it.id))
-    return items
-
-
-_CAND_COLS = "id, image_id, category_id, x, y, w, h, score, view, agreed, partner_id"
+    return decide_items(group_items(rows, checkpoint), decs, include_rejected=include_rejected)
 
 
 def image_items(run: Run, checkpoint: int, image_id: int, *,
                 include_rejected: bool = False) -> list[Item]:
     """The items of one image at one checkpoint, best score first (the numbering shown)."""
     conn = run.conn
-    rows = conn.execute(f"SELECT {_CAND_COLS} FROM candidates WHERE checkpoint = ? AND image_id = ?",
-                        (checkpoint, image_id)).fetchall()
+    rows = _candidate_rows(conn, "checkpoint = ? AND image_id = ?", (checkpoint, image_id))
     return build_items(rows, decisions(conn, image_id) if rows else [], checkpoint,
                        include_rejected=include_rejected)
 
 
+def grouped_items(conn, checkpoint: int) -> dict[int, list[Item]]:
+    """{image_id: pending items} over every image with candidates at this checkpoint."""
+    per_image: dict[int, list] = defaultdict(list)
+    for r in _candidate_rows(conn, "checkpoint = ? ORDER BY image_id, id", (checkpoint,)):
+        per_image[r[_IMAGE]].append(r)
+    return {im: group_items(rs, checkpoint) for im, rs in per_image.items()}
+
+
 def all_items(run: Run, checkpoint: int, *, include_rejected: bool = False) -> dict[int, list[Item]]:
     """{image_id: items} over every image with candidates at this checkpoint."""
-    conn = run.conn
-    rows = conn.execute(f"SELECT {_CAND_COLS} FROM candidates WHERE checkpoint = ? "
-                        "ORDER BY image_id, id", (checkpoint,)).fetchall()
-    per_image: dict[int, list] = defaultdict(list)
-    for r in rows:
-        per_image[r["image_id"]].append(r)
+    grouped = run.grouped_items(checkpoint)
     decs: dict[int, list[Decision]] = defaultdict(list)
-    for d in decisions(conn):
-        decs[d.image_id].append(d)
-    return {im: build_items(rs, decs.get(im, []), checkpoint, include_rejected=include_rejected)
-            for im, rs in per_image.items()}
+    for d in decisions(run.conn):
+        if d.image_id in grouped:
+            decs[d.image_id].append(d)
+    if not decs:
+        return dict(grouped)
+    return {im: decide_items(items, decs[im], include_rejected=include_rejected) if im in decs
+            else items for im, items in grouped.items()}
 
 
 def queue(run: Run, checkpoint: int, filters: Filters = Filters()) -> list[QueueEntry]:

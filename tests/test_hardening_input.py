@@ -639,3 +639,21 @@ def test_property_clean_box_for_export(box, width, height):
     assert all(math.isfinite(v) for v in (x, y, w, h))
     assert w >= 0.99 and h >= 0.99
     assert x >= 0 and y >= 0 and x + w <= width + 0.011 and y + h <= height + 0.011
+
+
+@settings(max_examples=200, deadline=None)
+@given(boxes=st.lists(st.lists(st.one_of(coord, st.just(float("nan")), st.just(float("-inf"))),
+                               min_size=4, max_size=4), min_size=1, max_size=8),
+       width=st.integers(1, 3000), height=st.integers(1, 3000))
+def test_property_clean_boxes_is_clean_box_at_once(boxes, width, height):
+    """The export's vectorised review.clean_boxes keeps exactly the boxes clean_box
+    accepts, with the same clipped box (to the 0.01 px both round to)."""
+    got, ok = review.clean_boxes(boxes, [width] * len(boxes), [height] * len(boxes))
+    for box, g, usable in zip(boxes, got.tolist(), ok.tolist()):
+        try:
+            want = review.clean_box(box, width, height)
+        except InputError:
+            assert not usable
+            continue
+        assert usable
+        assert g == pytest.approx(list(want), abs=0.0101)

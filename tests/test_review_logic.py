@@ -224,6 +224,33 @@ def test_stale_candidate_links_fall_back_to_the_box(run, info):
     assert again.state == "rejected"
 
 
+def test_cached_grouping_follows_decisions_and_a_re_mine(run):
+    """The run caches each checkpoint's grouping: decisions still apply at once, a
+    re-mined checkpoint is regrouped, and the result equals a fresh computation."""
+    def fresh(checkpoint):
+        return {im: review.image_items(run, checkpoint, im) for im in run.images
+                if review.image_items(run, checkpoint, im)}
+
+    before = review.all_items(run, 200)
+    assert before == fresh(200)
+    it = before[1][0]
+    review.decide(run, it.id, "accepted", client="s")
+    assert review.all_items(run, 200)[1][0].state == "accepted"
+    assert review.all_items(run, 200) == fresh(200)
+
+    rows = [dict(r) for r in store.candidates(run.conn, 200)]
+    kept = [r for r in rows if r["image_id"] != 2]       # image 2's candidates disappear
+    cands = [{"key": r["id"], "partner_key": r["partner_id"], "image_id": r["image_id"],
+              "category_id": r["category_id"], "bbox": [r["x"] + 2, r["y"], r["w"], r["h"]],
+              "score": r["score"], "view": r["view"], "agreed": r["agreed"]} for r in kept]
+    store.replace_checkpoint_candidates(run.conn, iteration=200, path="x", candidates=cands,
+                                        thresholds={"score_thresh": .5, "nms_iou": .5, "gt_iou": .4})
+    after = review.all_items(run, 200)
+    assert 2 not in after and 2 in before
+    assert after == fresh(200)
+    assert after[1][0].box[0] == before[1][0].box[0] + 2
+
+
 # ----------------------------------------------------------------------------- restart, concurrency
 
 

@@ -365,7 +365,10 @@ def start_app(run_dir, *extra) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "comining", "review", "--run", str(run_dir),
                              "--port", str(port), *extra], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            # stop_app's Ctrl+C must not stay ignored when whatever ran the
+                            # suite ignores SIGINT (a background job)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = proc.stdout.readline()
     if f"127.0.0.1:{port}" not in line:
         proc.kill()

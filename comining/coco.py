@@ -377,3 +377,26 @@ def load_rgb(path: Path, *, exif_transpose: bool = True) -> np.ndarray:
         raise InputError(path, "image too large to decode safely") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError(path, f"cannot decode image ({exc})") from None
+
+
+def decode_all(ds: CocoDataset, *, workers: int | None = None) -> None:
+    """Decode every image of `ds` as training will (a corrupt file whose header reads
+    fine is otherwise only found mid-training); InputError on the annotation file
+    naming the count and the first few undecodable images. Decoding runs in threads
+    (Pillow releases the GIL while decoding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(rec: ImageRecord) -> str | None:
+        try:
+            rgb = load_rgb(rec.path, exif_transpose=rec.exif_transpose)
+        except InputError as exc:
+            return f"{rec.file_name}: {exc.problem}"
+        if rgb.shape[:2] != (rec.height, rec.width):
+            return (f"{rec.file_name}: decodes to {rgb.shape[1]}x{rgb.shape[0]}, "
+                    f"not {rec.width}x{rec.height}")
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        problems = [p for p in pool.map(problem, ds.images) if p]
+    if problems:
+        raise _problem(ds.ann_path, "images that cannot be decoded", problems)

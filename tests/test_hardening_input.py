@@ -243,6 +243,34 @@ def test_corrupt_jpeg_data_found_at_train_time(world, capsys, tmp_path, workers)
     assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))
 
 
+def test_check_decode_finds_corrupt_image_data_before_training(world, capsys, tmp_path):
+    """`check` reads image headers only, so a JPEG cut after its header passes; `check
+    --decode` decodes every image and names the count and the first bad ones."""
+    images = tmp_path / "images"
+    shutil.copytree(world["images"] / "train", images / "train")
+    d = json.loads(world["sparse"].read_text())
+    cut = [im["file_name"] for im in d["images"][:2]]
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(cut):
+        _truncate_jpeg(images / f"cut{k}.jpg", rng)
+        d["images"][k]["file_name"] = f"cut{k}.jpg"
+        d["images"][k]["width"] = d["images"][k]["height"] = 128
+    for a in d["annotations"]:   # keep the boxes inside the 128 px replacements
+        if a["image_id"] in (d["images"][0]["id"], d["images"][1]["id"]):
+            a["bbox"] = [4, 4, 20, 20]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(d))
+    before = tree_hash(ann, images)
+    code, out, err = cli(capsys, "check", "--ann", ann, "--images", images)
+    assert code == 0 and ": ok:" in out, err
+    code, out, err = cli(capsys, "check", "--ann", ann, "--images", images, "--decode")
+    assert_clean(code, err, "ann.json", "2 items", "cut0.jpg", "cut1.jpg", "cannot decode image")
+    assert tree_hash(ann, images) == before
+    code, out, err = cli(capsys, "check", "--ann", world["sparse"], "--images", world["images"],
+                         "--decode")
+    assert code == 0 and "decoded all" in out and ": ok:" in out, err
+
+
 def test_corrupt_image_found_by_mine_and_predict(world, capsys, tmp_path):
     """An image damaged after training: mining and prediction stop with one line."""
     run = tmp_path / "run"

@@ -28,10 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-for _k, _v in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"),
-               ("HF_HUB_DISABLE_TELEMETRY", "1")):
-    os.environ.setdefault(_k, _v)
+from benchmarks.common import cpu_name, review_bench_setup  # noqa: E402
+
+review_bench_setup()
 
 WIDTH, HEIGHT = 1000, 800
 LAYERS = ["annotated", "original", "augmented", "both", "decided"]
@@ -130,16 +129,6 @@ def bench_browser(url, repeat: int):
     return stats(nxt), stats(acc)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=30, help="images in the run (each visited once)")
@@ -198,8 +187,8 @@ Measured by `benchmarks/review_latency.py` on {time.strftime('%Y-%m-%d')}.
   decision on the current image and redraws it (image cached).
 - Machine: {cpu_name()}, {cpus} CPU cores, no GPU used; Python {platform.python_version()},
   gradio {gradio.__version__}, numpy {numpy.__version__}. Load average (1 min) before / after
-  the run: {load_before:.1f} / {load_after:.1f} (other jobs shared the cores: compare medians,
-  and expect lower numbers on an idle machine).
+  the run: {load_before:.1f} / {load_after:.1f} (above ~1, other jobs shared the cores: compare
+  medians, and expect lower numbers on an idle machine).
 
 {table}
 

@@ -43,10 +43,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-for _k, _v in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"),
-               ("HF_HUB_DISABLE_TELEMETRY", "1")):
-    os.environ.setdefault(_k, _v)
+from benchmarks.common import cpu_name, git_commit, review_bench_setup  # noqa: E402
+
+review_bench_setup()
 
 import numpy as np  # noqa: E402
 
@@ -253,16 +252,6 @@ def bench_export(run_dir: Path, root: Path) -> dict:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def verdict(value: float, target: float) -> str:
     return "meets" if value < target else "**misses**"
 
@@ -309,12 +298,11 @@ def main(argv=None) -> int:
     ex = ["| export | wall time (s) | boxes added | target | |", "|---|---:|---:|---:|---|"]
     for mode, v in exports.items():
         ex.append(f"| `--accept {mode}` | {v['s']:.2f} | {v['added']} | < 5 | {verdict(v['s'], 5)} |")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    commit = git_commit()
     md = f"""# Scale: {info['n_images']:,} images, {info['n_candidates']:,} candidates
 
 Measured by `python benchmarks/scale.py --repeat {args.repeat}` on {time.strftime('%Y-%m-%d')}
-(commit {commit}, plus the working tree). The run: {info['n_images']:,} JPEGs of
+(commit {commit}). The run: {info['n_images']:,} JPEGs of
 {WIDTH}x{HEIGHT} (64 distinct pictures hard-linked under {info['n_images']:,} names, so
 every visit decodes a file), {info['n_annotations']:,} input annotations, one mined
 checkpoint holding {info['n_candidates']:,} candidate rows (per image 6 objects both views

@@ -57,7 +57,6 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import threading
@@ -74,6 +73,8 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's C++ log lines, 
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks.common import cpu_name, git_commit  # noqa: E402
 import torchvision  # noqa: E402
 
 MODES = ("stock_torchvision", "original", "comining", "mining", "eval")
@@ -111,24 +112,7 @@ def sync(device: torch.device) -> None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{model}, {os.cpu_count()} CPU cores (torch threads: {torch.get_num_threads()}), no GPU"
-
-
-def git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (rev or "unknown") + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    return f"{cpu_name()}, {os.cpu_count()} CPU cores (torch threads: {torch.get_num_threads()}), no GPU"
 
 
 def _load_average() -> list[float] | None:
@@ -681,7 +665,7 @@ def write_markdown(path: Path, s: dict) -> None:
     cfg = s["settings"]
     h, w = cfg["shape"]
     quick = s["quick"]
-    lines = [f"# Speed: two views for the price of one, against stock torchvision", ""]
+    lines = ["# Speed: two views for the price of one, against stock torchvision", ""]
     if not s["targets_measured"]:
         lines += [f"> **{'CPU QUICK SMOKE NUMBERS' if quick else 'NOT THE TARGET SETTING'}: the H100 targets "
                   f"were NOT measured.** Hardware: {s['device']}. "

@@ -11,7 +11,6 @@ Run directory:
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -81,7 +79,6 @@ def test_training_step_feeds_each_view_the_other_views_pseudo_boxes(tiny_dataset
 
     monkeypatch.setattr(siamese, "pseudo_boxes", fake_pseudo)
     cfg = tiny_config(tiny_dataset, tmp_path / "run", method="comining")
-    from comining.augment import make_view_augmenter
     from comining.coco import load_coco
     from comining.data import collate
     from comining.engine import RunContext

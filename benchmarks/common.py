@@ -23,11 +23,13 @@ def cpu_name() -> str:
 
 
 def git_commit() -> str:
-    """The short commit, '+dirty' when tracked files differ from it."""
+    """The short commit, '+dirty' when tracked files differ from it (results excepted:
+    a benchmark rewrites them)."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!benchmarks/results"], cwd=REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (rev or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

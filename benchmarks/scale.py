@@ -357,7 +357,7 @@ after the benchmark's decisions. Building the run took {t_build:.0f} s.
 - The batch preview ("Accept N agreed") re-applies the decisions to the cached grouping
   and filters every item (~40 ms at 200,000 candidates); the app refreshes it after a
   decision only up to 20,000 candidates at the checkpoint (`LIVE_PREVIEW_MAX` in
-  `app/ui.py`; measured with `--images 1000 --candidates 20000`: accept p50 43 ms, p95
+  `app/views.py`; measured with `--images 1000 --candidates 20000`: accept p50 43 ms, p95
   68 ms with that refresh, while another job shared the cores; before the grouping was
   cached the limit was 2,000, and 20,000 gave a p95 of 327 ms). Above it, the count
   refreshes with the slider and the filters, and the batch button refuses a count that

@@ -1,6 +1,6 @@
 """Review logic over a run's store: queue, decisions, undo, progress, plots, drawing.
 
-No gradio here: the app (`app/ui.py`) only wires these functions to widgets, and the
+No gradio here: the app (`app/`) only wires these functions to widgets, and the
 tests call them directly. Everything is reached as `comining.review.<name>`; the modules
 are boxes (IoU, clipping), records (constants and dataclasses), run (`Run`), items
 (reading and grouping, the queue), writing (decide, undo, batch), stats (progress,

@@ -173,14 +173,18 @@ def export_run(run: review.Run, out, *, accept: str = "reviewed", min_score: flo
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "rejected": rejected})),
         (out, json_bytes(enlarged))])
+    added = enlarged["annotations"][len(enlarged["annotations"]) - n_new:]
+    auto = sum(1 for a in added if a["comining"]["decision"] == "auto")
     return {"out": str(out), "sidecar": str(side), "accept": accept, "added": n_new,
-            "human": sum(1 for r in merged if r["human"]),
-            "auto": sum(1 for r in merged if not r["human"]),
-            "merged_duplicates": len(accepted) - len(merged), "rejected": len(rejected),
+            "human": n_new - auto, "auto": auto,
+            "merged_duplicates": len(accepted) - len(merged),
+            "dropped_empty": len(merged) - n_new, "rejected": len(rejected),
             "original": len(data.get("annotations", []))}
 
 
 def summary_line(s: dict) -> str:
+    dropped = s.get("dropped_empty", 0)
+    empty = f"; {dropped} empty once clipped to the image, dropped" if dropped else ""
     return (f"added {s['added']} boxes ({s['human']} reviewed, {s['auto']} automatic; "
-            f"{s['merged_duplicates']} duplicates merged) to the {s['original']} original "
+            f"{s['merged_duplicates']} duplicates merged{empty}) to the {s['original']} original "
             f"annotations -> {s['out']}; {s['rejected']} rejected listed in {s['sidecar']}")

@@ -3,6 +3,11 @@
 Every kept pseudo box of each view becomes a candidate in the run's store, in original
 image pixels; boxes both views found (same class, IoU >= 0.5) are marked agreed. A
 checkpoint's candidates are written in one transaction: all or nothing.
+
+Boxes thinner than MIN_SIDE original pixels are not candidates: an early or weak detector
+emits many such slivers (its regressed sides collapse), nobody can review them, and
+export drops them anyway (`review.clean_boxes`). Training's co-generation keeps them, as
+the authors' code does.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from comining.siamese import pseudo_boxes
 
 AGREEMENT_IOU = 0.5
 VIEWS = ("original", "augmented")
+MIN_SIDE = 1.0   # original pixels, each way
 
 
 @torch.no_grad()
@@ -60,11 +66,15 @@ def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: Min
                                                   thresholds)
                 for j, image_id in enumerate(batch.image_ids):
                     rec = record_of[image_id]
-                    boxes = {v: boxes_to_original(per_view[v][j]["boxes"].cpu(), batch.scales[j],
-                                                  batch.valid_sizes[j], batch.flipped[j],
-                                                  rec.width, rec.height) for v in VIEWS}
-                    labels = {v: per_view[v][j]["labels"].cpu() for v in VIEWS}
-                    scores = {v: per_view[v][j]["scores"].cpu() for v in VIEWS}
+                    boxes, labels, scores = {}, {}, {}
+                    for v in VIEWS:
+                        b = boxes_to_original(per_view[v][j]["boxes"].cpu(), batch.scales[j],
+                                              batch.valid_sizes[j], batch.flipped[j],
+                                              rec.width, rec.height)
+                        keep = ((b[:, 2] - b[:, 0]) >= MIN_SIDE) & ((b[:, 3] - b[:, 1]) >= MIN_SIDE)
+                        boxes[v] = b[keep]
+                        labels[v] = per_view[v][j]["labels"].cpu()[keep]
+                        scores[v] = per_view[v][j]["scores"].cpu()[keep]
                     match_o, match_a = agreement(boxes["original"], labels["original"],
                                                  boxes["augmented"], labels["augmented"],
                                                  AGREEMENT_IOU)

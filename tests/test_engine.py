@@ -131,6 +131,35 @@ def test_checkpoint_round_trip_and_store(tiny_dataset, tmp_path):
     conn.close()
 
 
+def test_mining_keeps_no_box_thinner_than_a_pixel(tiny_dataset, tmp_path, monkeypatch):
+    """A collapsed box (zero width, or a sliver) is not a candidate, and agreement is
+    computed between the boxes that stay."""
+    from comining import mining
+    from comining.coco import load_coco
+    from comining.engine import RunContext
+
+    def fake_pseudo(detector, head, anchors, per_level, batch, thresholds):
+        boxes = torch.tensor([[10.0, 10, 40, 40],      # a real box
+                              [50.0, 50, 50, 70],      # zero width
+                              [60.0, 20, 80, 20.2],    # a 0.2 px sliver on the canvas
+                              [70.0, 70, 90, 90]])     # a real box
+        return [{"boxes": boxes.clone(), "labels": torch.tensor([0, 0, 1, 1]),
+                 "scores": torch.tensor([0.9, 0.8, 0.7, 0.6])} for _ in batch.targets]
+
+    monkeypatch.setattr(mining, "pseudo_boxes", fake_pseudo)
+    cfg = tiny_config(tiny_dataset, tmp_path / "run")
+    ctx = RunContext(cfg, tmp_path / "run", load_coco(cfg.ann, cfg.images), torch.device("cpu"))
+    cands = mining.mine_dataset(ctx.dense, ctx.train_dataset, cfg.thresholds, augment="color",
+                                device=torch.device("cpu"), batch_size=2, num_workers=0, seed=0)
+    n_images = len(ctx.train_dataset)
+    assert len(cands) == n_images * 2 * 2          # two real boxes per view per image
+    assert all(c["bbox"][2] >= 1 and c["bbox"][3] >= 1 for c in cands)
+    assert sorted({c["score"] for c in cands}) == pytest.approx([0.6, 0.9])
+    assert all(c["agreed"] for c in cands)         # each real box has its partner
+    partners = {c["key"]: c["partner_key"] for c in cands}
+    assert all(partners[p] == k for k, p in partners.items())
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_dataset, tmp_path):
     straight = train(tiny_config(tiny_dataset, tmp_path / "a", iters=4, checkpoint_every=2,
                                  method="comining"), progress=False)

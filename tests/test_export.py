@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from comining import export, review
+from comining import export, review, store
 from comining.cli import main
 from comining.errors import InputError
 from review_fixtures import make_empty_run, make_older_store, make_run
@@ -123,6 +123,28 @@ def test_build_enlarged_is_pure_and_numbers_from_the_max_id():
     assert new["id"] == 91 and new["bbox"] == [90.0, 70.0, 10.0, 10.0] and new["area"] == 100.0
     with pytest.raises(InputError, match="not in the annotation file"):
         export.build_enlarged(data, [dict(rec, image_id=6)])
+
+
+def test_a_box_empty_inside_its_image_is_dropped_and_counted(info, tmp_path):
+    """A store from an older miner may hold a box outside its image: the export drops
+    it and says so instead of counting it as added."""
+    from review_fixtures import THRESHOLDS
+    conn = store.connect(info.run_dir / store.STORE_NAME)
+    outside = {"key": (1, "original", 0), "partner_key": None, "image_id": 1, "category_id": 1,
+               "bbox": [900.0, 10.0, 30.0, 30.0], "score": 0.9, "view": "original", "agreed": False}
+    inside = dict(outside, key=(1, "original", 1), bbox=[10.0, 10.0, 30.0, 30.0])
+    store.replace_checkpoint_candidates(conn, iteration=300, path="checkpoints/iter_300.pt",
+                                        thresholds=THRESHOLDS, candidates=[outside, inside])
+    conn.close()
+    r = review.open_run(info.run_dir)
+    try:
+        s = export.export_run(r, tmp_path / "out.json", accept="all", checkpoint=300)
+    finally:
+        r.close()
+    _, new = new_annotations(tmp_path / "out.json")
+    assert [x["bbox"] for x in new] == [[10.0, 10.0, 30.0, 30.0]]
+    assert (s["added"], s["auto"], s["dropped_empty"]) == (1, 1, 1)
+    assert "1 empty once clipped to the image, dropped" in export.summary_line(s)
 
 
 def test_agreed_and_all_accept_automatically(run, tmp_path):

@@ -13,9 +13,10 @@ from functools import wraps
 import gradio as gr
 import numpy as np
 
-from app.views import (LAYER_LABELS, Ctx, batch_preview, batch_refresh, checkpoint_choices, current_items,
-                       fast_page, filters_of, n_mined, new_state, next_pending, plots_for,
-                       progress_md, rebuild_queue, render_view, resolve_selected)
+from app.views import (LAYER_LABELS, Ctx, batch_preview, batch_refresh, checkpoint_choices,
+                       current_items, fast_page, filters_of, item_under, n_mined, new_state,
+                       next_pending, plots_for, progress_md, rebuild_queue, render_view,
+                       resolve_selected)
 from comining import export, review
 from comining.errors import CominingError, InputError
 
@@ -169,7 +170,7 @@ def _wire_navigation(ui, ctx: Ctx) -> None:
     def on_click_image(st, layers, labels_on, evt: gr.SelectData):
         x, y = evt.index[:2]
         items = current_items(ctx, st)
-        hit = review.item_at(items, x, y, layers=layers or ())
+        hit = item_under(items, st, x, y, layers)
         if hit is not None:
             st["selected"] = hit.id
         return render_view(ctx, st, layers, labels_on, items=items)

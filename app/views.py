@@ -44,7 +44,7 @@ class Ctx:
 
 def new_state() -> dict:
     return {"client": None, "checkpoint": None, "queue": [], "pos": 0, "image_id": None,
-            "selected": None, "filters": {}, "fast": [], "edit": None}
+            "selected": None, "filters": {}, "fast": [], "edit": None, "display_scale": 1.0}
 
 
 def filters_of(st) -> review.Filters:
@@ -151,12 +151,16 @@ def render_view(ctx: Ctx, st: dict, layers, labels_on: bool, note: str | None = 
     if sel is None and items:
         sel = next_pending(items, None, filters_of(st)) or items[0].id
     st["selected"] = sel
-    image, problem = run.load_image(st["image_id"])
+    image, factor, problem = run.display_image(st["image_id"])
+    st["display_scale"] = factor
+    if st["pos"] + 1 < len(st["queue"]):
+        run.prefetch(st["queue"][st["pos"] + 1])   # what N shows next, decoded meanwhile
     drawn = review.render(image, items, names=ctx.names, annotations=run.annotations(st["image_id"]),
-                          layers=layers or (), selected=sel, labels=labels_on)
+                          layers=layers or (), selected=sel, labels=labels_on, box_scale=factor)
     file_name, w, h = run.images[st["image_id"]]
+    shown = f" (shown at {factor:.0%})" if factor < 1 and not problem else ""
     pending = sum(1 for it in items if it.state == "pending")
-    info = (f"**Image {st['pos'] + 1} / {len(st['queue'])}** · `{file_name}` · {w}×{h} · "
+    info = (f"**Image {st['pos'] + 1} / {len(st['queue'])}** · `{file_name}` · {w}×{h}{shown} · "
             f"checkpoint {st['checkpoint']} · **{pending}** pending of {len(items)} candidates")
     if problem:
         info += f"\n\n⚠️ **Image not shown:** {problem}. You can still decide on its boxes."
@@ -169,6 +173,13 @@ def render_view(ctx: Ctx, st: dict, layers, labels_on: bool, note: str | None = 
     cls = ctx.names.get(current.shown_category) if current else None
     return (st, drawn, info, gr.update(choices=choices, value=sel),
             gr.update(choices=ctx.class_names(), value=cls), counts)
+
+
+def item_under(items, st: dict, x: float, y: float, layers):
+    """The item under a click at (x, y) in the shown image's pixels (the page may show
+    a large image shrunk: see `render_view`)."""
+    factor = st.get("display_scale") or 1.0
+    return review.item_at(items, x / factor, y / factor, layers=layers or ())
 
 
 def batch_preview(ctx, st, min_score):

@@ -1,18 +1,19 @@
 """Latency of the review app's two hot actions, "next image" and "accept", on 1000x800
-images with 100 candidates each.
+images with 100 candidates each (or another size: `--size 6000x4000`).
 
 Three layers, each a row of the table:
 
   logic    comining.review alone: read the image's candidates and decisions from
-           the store, decode the image (next: from disk; accept: cached), draw the boxes
-           (accept: also write the decision);
+           the store, decode the image (next: from disk; accept: cached) and shrink it
+           to the page's display size, draw the boxes (accept: also write the decision);
   server   one call of the app's event over HTTP with gradio_client: the logic plus
            Gradio's queue, JPEG encoding and the image's copy into its cache;
   browser  Chromium (Playwright): from the key press (N / A) until the new image has
            loaded in the page (skipped without /usr/bin/chromium).
 
-Usage: python benchmarks/review_latency.py [--images 30] [--repeat 25] [--no-browser]
-Prints a table and writes benchmarks/results/review_latency.md.
+Usage: python benchmarks/review_latency.py [--images 30] [--repeat 25] [--size WxH]
+                                          [--no-browser] [--out FILE]
+Prints a table and writes benchmarks/results/review_latency.md (or FILE).
 """
 
 from __future__ import annotations
@@ -32,15 +33,14 @@ from benchmarks.common import cpu_name, review_bench_setup  # noqa: E402
 
 review_bench_setup()
 
-WIDTH, HEIGHT = 1000, 800
 LAYERS = ["annotated", "original", "augmented", "both", "decided"]
 
 
-def build_run(root: Path, n_images: int):
+def build_run(root: Path, n_images: int, width: int, height: int):
     from review_fixtures import make_run
     # 60 hidden objects per image -> 100 candidates at the last checkpoint
     # (pattern 0 and 1: both views = 2 rows each, pattern 2: one row), 10 annotated.
-    return make_run(root, n_images=n_images, width=WIDTH, height=HEIGHT, n_objects=70,
+    return make_run(root, n_images=n_images, width=width, height=height, n_objects=70,
                     n_annotated=10, n_false=0, checkpoints=(1000, 2000))
 
 
@@ -61,9 +61,9 @@ def bench_logic(run_dir, repeat: int):
     for image_id in ids[:repeat]:
         t0 = time.perf_counter()
         items = review.image_items(run, ck, image_id)
-        image, _ = run.load_image(image_id)          # first visit: decoded from disk
+        image, factor, _ = run.display_image(image_id)   # first visit: decoded from disk
         review.render(image, items, names=run.categories, annotations=run.annotations(image_id),
-                      selected=items[0].id)
+                      selected=items[0].id, box_scale=factor)
         nxt.append(time.perf_counter() - t0)
     image_id = ids[0]
     for _ in range(repeat):
@@ -72,9 +72,9 @@ def bench_logic(run_dir, repeat: int):
         sel = next(it for it in items if it.state == "pending")
         review.decide(run, sel.id, "accepted", client="bench-logic")
         items = review.image_items(run, ck, image_id)
-        image, _ = run.load_image(image_id)
+        image, factor, _ = run.display_image(image_id)
         review.render(image, items, names=run.categories, annotations=run.annotations(image_id),
-                      selected=items[0].id)
+                      selected=items[0].id, box_scale=factor)
         acc.append(time.perf_counter() - t0)
     n_cands = len(review.image_items(run, ck, image_id))
     n_rows = run.conn.execute("SELECT COUNT(*) FROM candidates WHERE checkpoint = ? AND image_id = ?",
@@ -85,12 +85,13 @@ def bench_logic(run_dir, repeat: int):
     return stats(nxt), stats(acc), n_rows, n_cands
 
 
-def bench_server(url, repeat: int):
+def bench_server(url, repeat: int, think: float = 0.0):
     from gradio_client import Client
     c = Client(url, analytics_enabled=False, verbose=False)
     c.predict(0.8, api_name="/load")
     nxt, acc = [], []
     for _ in range(repeat):
+        time.sleep(think)    # an annotator looking at the image (the app prefetches the next)
         t0 = time.perf_counter()
         c.predict(LAYERS, True, api_name="/next_image")
         nxt.append(time.perf_counter() - t0)
@@ -133,16 +134,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=30, help="images in the run (each visited once)")
     ap.add_argument("--repeat", type=int, default=25, help="timed actions per row")
+    ap.add_argument("--size", default="1000x800", help="image width x height (default 1000x800)")
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="seconds between two 'next image' calls of the server row, as an "
+                         "annotator looks at each image (default 0: back to back)")
     ap.add_argument("--no-browser", action="store_true", help="skip the Chromium row")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "review_latency.md"))
     args = ap.parse_args(argv)
     repeat = min(args.repeat, args.images - 1)
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        ap.error(f"--size must be WIDTHxHEIGHT, got {args.size!r}")
 
     tmp = Path(tempfile.mkdtemp(prefix="comining-bench-"))
     os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp / "gradio"))
     t0 = time.perf_counter()
-    info = build_run(tmp / "data", args.images)
-    print(f"built a run of {args.images} images {WIDTH}x{HEIGHT} in {time.perf_counter() - t0:.1f} s",
+    info = build_run(tmp / "data", args.images, width, height)
+    print(f"built a run of {args.images} images {width}x{height} in {time.perf_counter() - t0:.1f} s",
           flush=True)
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -152,7 +161,7 @@ def main(argv=None) -> int:
 
     from review_fixtures import CHROMIUM, serve
     with serve(info.run_dir) as (_, url):
-        s_next, s_acc = bench_server(url, repeat)
+        s_next, s_acc = bench_server(url, repeat, args.think)
         rows += [("server (HTTP)", "next image", s_next), ("server (HTTP)", "accept", s_acc)]
     # a fresh server and run state for the browser: its own decisions start from zero
     from comining import review
@@ -180,11 +189,13 @@ def main(argv=None) -> int:
 
 Measured by `benchmarks/review_latency.py` on {time.strftime('%Y-%m-%d')}.
 
-- Images: {args.images} generated PNGs of {WIDTH}x{HEIGHT}, each with {n_rows} candidate rows
+- Images: {args.images} generated PNGs of {width}x{height}, each with {n_rows} candidate rows
   at the reviewed checkpoint ({n_items} items to review once the two views' boxes of one
   object are grouped) and 10 annotated boxes (drawn dimmed).
-- "next image" visits an image for the first time (decoded from disk); "accept" records a
-  decision on the current image and redraws it (image cached).
+- "next image" visits an image for the first time (logic row: decoded from disk; server
+  and browser rows: the app prefetches the next image of the queue while the current one
+  is shown when it has 3 megapixels or more; server calls {args.think:g} s apart);
+  "accept" records a decision on the current image and redraws it (image cached).
 - Machine: {cpu_name()}, {cpus} CPU cores, no GPU used; Python {platform.python_version()},
   gradio {gradio.__version__}, numpy {numpy.__version__}. Load average (1 min) before / after
   the run: {load_before:.1f} / {load_after:.1f} (above ~1, other jobs shared the cores: compare

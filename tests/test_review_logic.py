@@ -414,6 +414,58 @@ def test_missing_image_gives_a_placeholder_and_a_reason(run, info):
     assert review.crops(run, review.image_items(run, 200, 2))[0][1].endswith("image missing")
 
 
+def test_a_large_image_is_shown_shrunk_with_its_boxes_in_place(tmp_path):
+    """A photo larger than the page's display size is drawn shrunk (drawing and encoding
+    it in full costs ~1 s a decision); boxes and clicks map through the same factor."""
+    from app.views import Ctx, item_under, new_state, render_view
+    info = make_run(tmp_path, n_images=1, width=3200, height=800, n_objects=3, checkpoints=(100,))
+    r = review.open_run(info.run_dir)
+    try:
+        shown, factor, problem = r.display_image(1)
+        assert problem is None and shown.shape == (400, 1600, 3) and factor == 0.5
+        assert r.display_image(1)[0] is shown                 # cached
+        st = dict(new_state(), checkpoint=100, queue=[1], image_id=1)
+        st, drawn, text, *_ = render_view(Ctx(r), st, list(review.LAYERS), False)
+        assert drawn.shape == (400, 1600, 3) and st["display_scale"] == 0.5
+        assert "3200×800 (shown at 50%)" in text
+        items = review.image_items(r, 100, 1)
+        for it in items:
+            x, y, w, h = it.box
+            colour = review.COLOURS["selected"] if it.id == st["selected"] else review.COLOURS[it.view]
+            if it.id != st["selected"]:
+                assert tuple(drawn[int(round((y + h / 2) * 0.5)), int(round(x * 0.5))]) == colour
+            # a click in the middle of the box as shown picks it
+            assert item_under(items, st, (x + w / 2) * 0.5, (y + h / 2) * 0.5, review.LAYERS).id == it.id
+    finally:
+        r.close()
+
+
+def test_prefetch_decodes_the_next_image_once_in_the_background(run, monkeypatch):
+    import time
+    from comining.review import run as run_module
+    decoded = []
+    real = run_module.load_rgb
+
+    def counting(path, **kw):
+        decoded.append(path.name)
+        time.sleep(0.2)          # a large photo: the page asks before the decode is done
+        return real(path, **kw)
+
+    monkeypatch.setattr(run_module, "load_rgb", counting)
+    run.prefetch(1)                                   # a small image: not worth a thread
+    monkeypatch.setattr(run_module, "PREFETCH_MIN_PIXELS", 480 * 360)
+    run.prefetch(2)
+    run.prefetch(2)                                   # already in flight: nothing more
+    shown, factor, problem = run.display_image(2)     # waits for the prefetch
+    assert problem is None and shown.shape == (360, 480, 3) and factor == 1.0
+    run.prefetch(2)                                   # cached: nothing more
+    assert run.display_image(2)[0] is shown
+    assert decoded == ["000002.png"]
+    run.prefetch(10_000)                              # no such image: ignored
+    run.display_image(3)
+    assert decoded == ["000002.png", "000003.png"]
+
+
 def test_crops_have_context_around_the_box(run):
     items = review.queue_items(run, 200)[:4]
     tiles = review.crops(run, items, size=120)

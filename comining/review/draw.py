@@ -14,6 +14,23 @@ if TYPE_CHECKING:   # run.py imports this module
     from comining.review.run import Run
 
 
+# The review page shows an image at most this many pixels on its longer side. Drawing
+# and JPEG-encoding a 48-megapixel photo in full took ~1 s for every decision on it,
+# while the page's image column is about 900 CSS pixels wide on a 1440-pixel screen.
+DISPLAY_MAX_SIDE = 1600
+
+
+def fit_display(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> tuple[np.ndarray, float]:
+    """(the image shrunk so its longer side is at most `max_side`, the factor applied:
+    display pixels per image pixel, 1.0 when it already fits)."""
+    h, w = image.shape[:2]
+    factor = min(1.0, max_side / max(h, w, 1))
+    if factor >= 1.0:
+        return image, 1.0
+    size = (max(1, int(round(w * factor))), max(1, int(round(h * factor))))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), factor
+
+
 def _font_scale(width: int, height: int) -> float:
     return float(np.clip(max(width, height) / 1400.0, 0.38, 1.2))
 
@@ -56,17 +73,18 @@ def _dashed_rect(img, p1, p2, colour, thick: int, dash: int = 8) -> None:
                 cv2.line(img, (fixed, s), (fixed, e), colour, thick)
 
 
-def _pts(box):
-    x, y, w, h = box
+def _pts(box, scale: float = 1.0):
+    x, y, w, h = (v * scale for v in box)
     return (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h)))
 
 
 def render(image: np.ndarray, items: list[Item], *, names: dict[int, str],
            annotations=(), layers=LAYERS, selected: int | None = None,
-           labels: bool = True) -> np.ndarray:
+           labels: bool = True, box_scale: float = 1.0) -> np.ndarray:
     """The image with boxes drawn (OpenCV, RGB): annotations dimmed, pending items in
     their view's colour with '#n class score', decided items green (accepted) or red
-    dashed (rejected) when the 'decided' layer is on, the selected item outlined."""
+    dashed (rejected) when the 'decided' layer is on, the selected item outlined.
+    `box_scale`: display pixels per box pixel, for an image shrunk by `fit_display`."""
     img = np.array(image, dtype=np.uint8, copy=True)
     h, w = img.shape[:2]
     scale = _font_scale(w, h)
@@ -75,7 +93,7 @@ def render(image: np.ndarray, items: list[Item], *, names: dict[int, str],
     if "annotated" in layers and annotations:
         over = img.copy()
         for cat, box in annotations:
-            p1, p2 = _pts(box)
+            p1, p2 = _pts(box, box_scale)
             cv2.rectangle(over, p1, p2, COLOURS["annotated"], max(1, thick - 1))
             if labels:
                 cv2.putText(over, names.get(cat, str(cat)), (p1[0] + 2, p1[1] + int(14 * scale / 0.5)),
@@ -95,7 +113,7 @@ def render(image: np.ndarray, items: list[Item], *, names: dict[int, str],
         if it.id == selected:
             sel_item = (n, it, colour)
             continue
-        p1, p2 = _pts(it.shown_box)
+        p1, p2 = _pts(it.shown_box, box_scale)
         if it.state == "rejected":
             _dashed_rect(img, p1, p2, colour, max(1, thick - 1))
         else:
@@ -106,7 +124,7 @@ def render(image: np.ndarray, items: list[Item], *, names: dict[int, str],
                    p1[0], p1[1], colour, scale)
     if sel_item is not None:
         n, it, colour = sel_item
-        p1, p2 = _pts(it.shown_box)
+        p1, p2 = _pts(it.shown_box, box_scale)
         cv2.rectangle(img, (p1[0] - thick - 1, p1[1] - thick - 1), (p2[0] + thick + 1, p2[1] + thick + 1),
                       COLOURS["selected"], thick)
         cv2.rectangle(img, (p1[0] - 1, p1[1] - 1), (p2[0] + 1, p2[1] + 1), (0, 0, 0), 1)

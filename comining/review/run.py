@@ -4,6 +4,7 @@ description, decoded images and caches."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import OrderedDict, defaultdict
 from pathlib import Path
 
@@ -13,7 +14,27 @@ from comining import store
 from comining.coco import file_name_problem, load_rgb
 from comining.errors import InputError
 from comining.fileio import read_json
-from comining.review.draw import placeholder_image
+from comining.review.draw import fit_display, placeholder_image
+
+
+# Decoded images kept per run: at most this many, and at most this many bytes (48
+# full-size 24-megapixel photos would take 3.5 GB).
+IMAGE_CACHE_ITEMS = 48
+IMAGE_CACHE_BYTES = 512 << 20
+# Smaller images are not prefetched: they decode in tens of ms, and a background decode
+# would only compete with the page for the CPU when the annotator pages quickly.
+PREFETCH_MIN_PIXELS = 3_000_000
+
+
+def _remember(cache: OrderedDict, key, value, nbytes: int) -> None:
+    """Put `value` in an LRU `cache` of (value, nbytes) entries within the limits above;
+    the newest entry is always kept. Call with the run's lock held."""
+    cache[key] = (value, nbytes)
+    cache.move_to_end(key)
+    total = sum(n for _, n in cache.values())
+    while len(cache) > 1 and (len(cache) > IMAGE_CACHE_ITEMS or total > IMAGE_CACHE_BYTES):
+        _, (_, n) = cache.popitem(last=False)
+        total -= n
 
 
 class Run:
@@ -35,7 +56,10 @@ class Run:
         self.images: dict[int, tuple[str, int, int]] = {}
         self._annotations: dict[int, list] | None = None
         self._annotations_problem: str | None = None
-        self._image_cache: OrderedDict = OrderedDict()
+        self._image_cache: OrderedDict = OrderedDict()     # full-size images, see load_image
+        self._display_cache: OrderedDict = OrderedDict()   # display-size, see display_image
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._in_flight: dict[tuple, Future] = {}          # display_image keys being prefetched
         self._plot_cache: dict = {}
         self._cache: OrderedDict = OrderedDict()   # key -> (version, value), see cached()
         try:
@@ -76,6 +100,9 @@ class Run:
 
     def close(self) -> None:
         with self._lock:
+            if self._prefetcher is not None:
+                self._prefetcher.shutdown(wait=False, cancel_futures=True)
+                self._prefetcher = None
             for conn in self._conns:
                 try:
                     conn.close()
@@ -143,12 +170,16 @@ class Run:
             raise InputError(self.store_path, "the run does not record its image folder")
         return self.images_dir / file_name
 
+    def _file_key(self, image_id: int) -> tuple[Path, tuple]:
+        """(path, cache key) of an image file; InputError or OSError when unusable."""
+        path = self.image_path(image_id)
+        return path, (str(path), path.stat().st_mtime_ns)
+
     def load_image(self, image_id: int) -> tuple[np.ndarray, str | None]:
         """(HxWx3 RGB, problem): a grey placeholder and the reason when the file is
         missing or unreadable. Decoded images are kept in a small LRU cache."""
         try:
-            path = self.image_path(image_id)
-            key = (str(path), path.stat().st_mtime_ns)
+            path, key = self._file_key(image_id)
         except InputError as exc:
             return self._placeholder(image_id), exc.problem
         except OSError:
@@ -156,17 +187,69 @@ class Run:
         with self._lock:
             if key in self._image_cache:
                 self._image_cache.move_to_end(key)
-                return self._image_cache[key], None
+                return self._image_cache[key][0], None
         try:
             rgb = load_rgb(path)
         except InputError as exc:
             return self._placeholder(image_id), f"{self.images[image_id][0]}: {exc.problem}"
         rgb.setflags(write=False)
         with self._lock:
-            self._image_cache[key] = rgb
-            while len(self._image_cache) > 48:
-                self._image_cache.popitem(last=False)
+            _remember(self._image_cache, key, rgb, rgb.nbytes)
         return rgb, None
+
+    def display_image(self, image_id: int) -> tuple[np.ndarray, float, str | None]:
+        """(the image at most DISPLAY_MAX_SIDE px on its longer side, display pixels per
+        image pixel, problem): what the review page shows. Cached apart from the
+        full-size images, so that going back to a large photo needs no decoding."""
+        try:
+            _, key = self._file_key(image_id)
+        except (InputError, OSError):
+            key = None
+        if key is not None:
+            with self._lock:
+                hit = self._display_cache.get(key)
+                if hit is not None:
+                    self._display_cache.move_to_end(key)
+                    return (*hit[0], None)
+                pending = self._in_flight.get(key)
+            if pending is not None:      # being prefetched: wait rather than decode twice
+                try:
+                    return pending.result()
+                except Exception:
+                    pass
+        return self._display_now(image_id, key)
+
+    def _display_now(self, image_id: int, key) -> tuple[np.ndarray, float, str | None]:
+        image, problem = self.load_image(image_id)
+        shown, factor = fit_display(image)
+        if problem is None and key is not None:
+            shown.setflags(write=False)
+            with self._lock:
+                _remember(self._display_cache, key, (shown, factor), shown.nbytes)
+        return shown, factor, problem
+
+    def prefetch(self, image_id: int) -> None:
+        """Decode and shrink an image in a background thread (the next one in the
+        queue), so that moving to it does not wait for a large photo to decode."""
+        _, w, h = self.images.get(image_id, ("", 0, 0))
+        if w * h < PREFETCH_MIN_PIXELS:
+            return
+        try:
+            _, key = self._file_key(image_id)
+        except (InputError, OSError):
+            return
+        with self._lock:
+            if key in self._display_cache or key in self._in_flight:
+                return
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="comining-prefetch")
+            future = self._prefetcher.submit(self._display_now, image_id, key)
+            self._in_flight[key] = future
+
+        def forget(_):
+            with self._lock:
+                self._in_flight.pop(key, None)
+        future.add_done_callback(forget)
 
     def _placeholder(self, image_id: int) -> np.ndarray:
         _, w, h = self.images.get(image_id, ("", 640, 480))

@@ -466,6 +466,20 @@ def test_prefetch_decodes_the_next_image_once_in_the_background(run, monkeypatch
     assert decoded == ["000002.png", "000003.png"]
 
 
+def test_exif_rotation_is_applied_only_when_the_json_size_says_so(run, info):
+    """An image whose json gives the file's raw size was trained on unrotated (its boxes
+    ignore the EXIF tag): the review app shows it unrotated too."""
+    from PIL import Image
+    path = info.images_dir / "000001.png"
+    raw = Image.open(path).convert("RGB")                  # 480 x 360, as the json says
+    exif = raw.getexif()
+    exif[0x0112] = 6                                        # rotate 90: 360 x 480 shown
+    raw.save(path, exif=exif.tobytes())
+    image, problem = run.load_image(1)
+    assert problem is None and image.shape == (360, 480, 3)
+    assert np.array_equal(image, np.asarray(raw))
+
+
 def test_crops_have_context_around_the_box(run):
     items = review.queue_items(run, 200)[:4]
     tiles = review.crops(run, items, size=120)

@@ -190,6 +190,12 @@ class Run:
                 return self._image_cache[key][0], None
         try:
             rgb = load_rgb(path)
+            _, w, h = self.images[image_id]
+            if rgb.shape[:2] != (h, w):
+                # the json gave the file's raw size: its boxes ignore the EXIF rotation,
+                # and training did too (coco.load_coco)
+                raw = load_rgb(path, exif_transpose=False)
+                rgb = raw if raw.shape[:2] == (h, w) else rgb
         except InputError as exc:
             return self._placeholder(image_id), f"{self.images[image_id][0]}: {exc.problem}"
         rgb.setflags(write=False)

@@ -10,16 +10,14 @@ from comining.errors import InputError
 
 
 def iou_matrix(a, b) -> np.ndarray:
-    """IoU of every box in `a` (N, 4) with every box in `b` (M, 4), both COCO xywh -> (N, M)."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
-    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    """IoU of every box in `a` (N, 4) with every box in `b` (M, 4), both COCO xywh -> (N, M),
+    by pycocotools (its C box IoU: no torch in the review app)."""
+    from pycocotools import mask as coco_mask
+    a = np.ascontiguousarray(np.asarray(a, np.float64).reshape(-1, 4))
+    b = np.ascontiguousarray(np.asarray(b, np.float64).reshape(-1, 4))
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    return np.asarray(coco_mask.iou(a, b, [0] * len(b)), np.float64).reshape(len(a), len(b))
 
 
 def iou(a, b) -> float:

@@ -10,8 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+# CI replays the same examples every run (a landing must not depend on luck); a local
+# run explores new ones, where a property can find what CI would then keep finding.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def run_cli(*args, cwd=None, timeout=600, env=None):

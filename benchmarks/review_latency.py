@@ -12,7 +12,8 @@ Three layers, each a row of the table:
            loaded in the page (skipped without /usr/bin/chromium).
 
 Usage: python benchmarks/review_latency.py [--images 30] [--repeat 25] [--size WxH]
-                                          [--no-browser] [--out FILE]
+                                          [--format png|jpeg] [--think S] [--no-browser]
+                                          [--out FILE]
 Prints a table and writes benchmarks/results/review_latency.md (or FILE).
 """
 
@@ -135,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=30, help="images in the run (each visited once)")
     ap.add_argument("--repeat", type=int, default=25, help="timed actions per row")
     ap.add_argument("--size", default="1000x800", help="image width x height (default 1000x800)")
+    ap.add_argument("--format", choices=("png", "jpeg"), default="png",
+                    help="image files: PNG, or JPEG (quality 90, under the same names)")
     ap.add_argument("--think", type=float, default=0.0,
                     help="seconds between two 'next image' calls of the server row, as an "
                          "annotator looks at each image (default 0: back to back)")
@@ -151,6 +154,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp / "gradio"))
     t0 = time.perf_counter()
     info = build_run(tmp / "data", args.images, width, height)
+    if args.format == "jpeg":
+        from PIL import Image
+        for f in sorted(info.images_dir.iterdir()):
+            Image.open(f).convert("RGB").save(f, format="JPEG", quality=90)
     print(f"built a run of {args.images} images {width}x{height} in {time.perf_counter() - t0:.1f} s",
           flush=True)
 
@@ -189,10 +196,11 @@ def main(argv=None) -> int:
 
 Measured by `benchmarks/review_latency.py` on {time.strftime('%Y-%m-%d')}.
 
-- Images: {args.images} generated PNGs of {width}x{height}, each with {n_rows} candidate rows
+- Images: {args.images} generated {args.format.upper()} files of {width}x{height}, each with {n_rows} candidate rows
   at the reviewed checkpoint ({n_items} items to review once the two views' boxes of one
   object are grouped) and 10 annotated boxes (drawn dimmed).
-- "next image" visits an image for the first time (logic row: decoded from disk; server
+- "next image" visits an image for the first time (logic row: decoded from disk, a JPEG
+  larger than the display at a reduced scale; server
   and browser rows: the app prefetches the next image of the queue while the current one
   is shown when it has 3 megapixels or more; server calls {args.think:g} s apart);
   "accept" records a decision on the current image and redraws it (image cached).

@@ -440,18 +440,51 @@ def test_a_large_image_is_shown_shrunk_with_its_boxes_in_place(tmp_path):
         r.close()
 
 
+def test_a_large_jpeg_is_decoded_reduced_for_display(tmp_path, monkeypatch):
+    """A JPEG larger than the display is decoded at a reduced DCT scale; the picture and
+    the factor are those of a full decode shrunk."""
+    import cv2
+    from PIL import Image
+    from comining.coco import load_rgb
+    from comining.review.draw import fit_display
+    info = make_run(tmp_path, n_images=1, width=3400, height=1000, n_objects=3, checkpoints=(100,))
+    png = info.images_dir / "000001.png"
+    Image.open(png).convert("RGB").save(png, format="JPEG", quality=92)   # JPEG bytes, same name
+    from comining.review import run as run_module
+    calls, real = [], run_module.load_rgb_reduced
+
+    def recording(path, **kw):
+        image, scale = real(path, **kw)
+        calls.append((kw.get("max_side"), scale))
+        return image, scale
+
+    monkeypatch.setattr(run_module, "load_rgb_reduced", recording)
+    r = review.open_run(info.run_dir)
+    try:
+        shown, factor, problem = r.display_image(1)
+        assert calls == [(1600, 0.5)]         # one decode, at half scale (3400 -> 1700 px)
+        assert problem is None and max(shown.shape[:2]) <= 1600
+        assert factor == pytest.approx(shown.shape[1] / 3400, rel=1e-3)
+        reference, ref_factor = fit_display(load_rgb(png))
+        assert factor == pytest.approx(ref_factor, rel=2e-3)
+        same = cv2.resize(shown, reference.shape[1::-1], interpolation=cv2.INTER_AREA)
+        assert np.abs(same.astype(int) - reference.astype(int)).mean() < 4
+    finally:
+        r.close()
+
+
 def test_prefetch_decodes_the_next_image_once_in_the_background(run, monkeypatch):
     import time
     from comining.review import run as run_module
     decoded = []
-    real = run_module.load_rgb
+    real = run_module.load_rgb_reduced
 
     def counting(path, **kw):
         decoded.append(path.name)
         time.sleep(0.2)          # a large photo: the page asks before the decode is done
         return real(path, **kw)
 
-    monkeypatch.setattr(run_module, "load_rgb", counting)
+    monkeypatch.setattr(run_module, "load_rgb_reduced", counting)
     run.prefetch(1)                                   # a small image: not worth a thread
     monkeypatch.setattr(run_module, "PREFETCH_MIN_PIXELS", 480 * 360)
     run.prefetch(2)
@@ -478,6 +511,7 @@ def test_exif_rotation_is_applied_only_when_the_json_size_says_so(run, info):
     image, problem = run.load_image(1)
     assert problem is None and image.shape == (360, 480, 3)
     assert np.array_equal(image, np.asarray(raw))
+    assert np.array_equal(run.display_image(1)[0], np.asarray(raw))
 
 
 def test_crops_have_context_around_the_box(run):

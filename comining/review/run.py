@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from comining import store
-from comining.coco import file_name_problem, load_rgb
+from comining.coco import file_name_problem, load_rgb_reduced
 from comining.errors import InputError
 from comining.fileio import read_json
-from comining.review.draw import fit_display, placeholder_image
+from comining.review.draw import DISPLAY_MAX_SIDE, fit_display, placeholder_image
 
 
 # Decoded images kept per run: at most this many, and at most this many bytes (48
@@ -24,6 +24,11 @@ IMAGE_CACHE_BYTES = 512 << 20
 # Smaller images are not prefetched: they decode in tens of ms, and a background decode
 # would only compete with the page for the CPU when the annotator pages quickly.
 PREFETCH_MIN_PIXELS = 3_000_000
+
+
+def _orientation(width: int, height: int) -> int:
+    """1 landscape, -1 portrait, 0 square."""
+    return (width > height) - (width < height)
 
 
 def _remember(cache: OrderedDict, key, value, nbytes: int) -> None:
@@ -175,29 +180,39 @@ class Run:
         path = self.image_path(image_id)
         return path, (str(path), path.stat().st_mtime_ns)
 
+    def _decode(self, image_id: int, path: Path, max_side: int | None = None):
+        """(RGB, decoded pixels per file pixel) as training saw the image: an image whose
+        json gives the file's raw size is not EXIF-rotated (its boxes ignore the tag, and
+        training did too: coco.load_coco). InputError when it cannot be decoded."""
+        rgb, scale = load_rgb_reduced(path, max_side=max_side)
+        _, w, h = self.images[image_id]
+        if _orientation(rgb.shape[1], rgb.shape[0]) == -_orientation(w, h) != 0:
+            rgb, scale = load_rgb_reduced(path, exif_transpose=False, max_side=max_side)
+        return rgb, scale
+
+    def _placeholder_and_problem(self, image_id: int, exc: Exception) -> tuple[np.ndarray, str]:
+        if isinstance(exc, InputError):
+            file_name = self.images[image_id][0] if image_id in self.images else None
+            problem = exc.problem if file_name is None or exc.path is None else \
+                f"{file_name}: {exc.problem}"
+            return self._placeholder(image_id), problem
+        return self._placeholder(image_id), f"image file not found: {self.images[image_id][0]}"
+
     def load_image(self, image_id: int) -> tuple[np.ndarray, str | None]:
-        """(HxWx3 RGB, problem): a grey placeholder and the reason when the file is
-        missing or unreadable. Decoded images are kept in a small LRU cache."""
+        """(HxWx3 RGB at full size, problem): a grey placeholder and the reason when the
+        file is missing or unreadable. Decoded images are kept in a small LRU cache."""
         try:
             path, key = self._file_key(image_id)
-        except InputError as exc:
-            return self._placeholder(image_id), exc.problem
-        except OSError:
-            return self._placeholder(image_id), f"image file not found: {self.images[image_id][0]}"
+        except (InputError, OSError) as exc:
+            return self._placeholder_and_problem(image_id, exc)
         with self._lock:
             if key in self._image_cache:
                 self._image_cache.move_to_end(key)
                 return self._image_cache[key][0], None
         try:
-            rgb = load_rgb(path)
-            _, w, h = self.images[image_id]
-            if rgb.shape[:2] != (h, w):
-                # the json gave the file's raw size: its boxes ignore the EXIF rotation,
-                # and training did too (coco.load_coco)
-                raw = load_rgb(path, exif_transpose=False)
-                rgb = raw if raw.shape[:2] == (h, w) else rgb
+            rgb, _ = self._decode(image_id, path)
         except InputError as exc:
-            return self._placeholder(image_id), f"{self.images[image_id][0]}: {exc.problem}"
+            return self._placeholder_and_problem(image_id, exc)
         rgb.setflags(write=False)
         with self._lock:
             _remember(self._image_cache, key, rgb, rgb.nbytes)
@@ -205,34 +220,42 @@ class Run:
 
     def display_image(self, image_id: int) -> tuple[np.ndarray, float, str | None]:
         """(the image at most DISPLAY_MAX_SIDE px on its longer side, display pixels per
-        image pixel, problem): what the review page shows. Cached apart from the
-        full-size images, so that going back to a large photo needs no decoding."""
+        image pixel, problem): what the review page shows. A large JPEG is decoded
+        reduced (several times faster); the result is cached apart from the full-size
+        images, so that going back to a large photo needs no decoding."""
         try:
-            _, key = self._file_key(image_id)
-        except (InputError, OSError):
-            key = None
-        if key is not None:
-            with self._lock:
-                hit = self._display_cache.get(key)
-                if hit is not None:
-                    self._display_cache.move_to_end(key)
-                    return (*hit[0], None)
-                pending = self._in_flight.get(key)
-            if pending is not None:      # being prefetched: wait rather than decode twice
-                try:
-                    return pending.result()
-                except Exception:
-                    pass
-        return self._display_now(image_id, key)
+            path, key = self._file_key(image_id)
+        except (InputError, OSError) as exc:
+            image, problem = self._placeholder_and_problem(image_id, exc)
+            return (*fit_display(image), problem)
+        with self._lock:
+            hit = self._display_cache.get(key)
+            if hit is not None:
+                self._display_cache.move_to_end(key)
+                return (*hit[0], None)
+            pending = self._in_flight.get(key)
+        if pending is not None:      # being prefetched: wait rather than decode twice
+            try:
+                return pending.result()
+            except Exception:
+                pass
+        return self._display_now(image_id, path, key)
 
-    def _display_now(self, image_id: int, key) -> tuple[np.ndarray, float, str | None]:
-        image, problem = self.load_image(image_id)
+    def _display_now(self, image_id: int, path: Path, key) -> tuple[np.ndarray, float, str | None]:
+        with self._lock:
+            full = self._image_cache.get(key)
+        try:
+            image, scale = (full[0], 1.0) if full is not None else \
+                self._decode(image_id, path, max_side=DISPLAY_MAX_SIDE)
+        except InputError as exc:
+            image, problem = self._placeholder_and_problem(image_id, exc)
+            return (*fit_display(image), problem)
         shown, factor = fit_display(image)
-        if problem is None and key is not None:
-            shown.setflags(write=False)
-            with self._lock:
-                _remember(self._display_cache, key, (shown, factor), shown.nbytes)
-        return shown, factor, problem
+        shown.setflags(write=False)
+        value = (shown, factor * scale)
+        with self._lock:
+            _remember(self._display_cache, key, value, shown.nbytes)
+        return (*value, None)
 
     def prefetch(self, image_id: int) -> None:
         """Decode and shrink an image in a background thread (the next one in the
@@ -241,7 +264,7 @@ class Run:
         if w * h < PREFETCH_MIN_PIXELS:
             return
         try:
-            _, key = self._file_key(image_id)
+            path, key = self._file_key(image_id)
         except (InputError, OSError):
             return
         with self._lock:
@@ -249,7 +272,7 @@ class Run:
                 return
             if self._prefetcher is None:
                 self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="comining-prefetch")
-            future = self._prefetcher.submit(self._display_now, image_id, key)
+            future = self._prefetcher.submit(self._display_now, image_id, path, key)
             self._in_flight[key] = future
 
         def forget(_):

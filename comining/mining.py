@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
+from torchvision.ops import remove_small_boxes
 
 from comining import store
 from comining.augment import augment_batch, make_view_augmenter
@@ -71,7 +72,7 @@ def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: Min
                         b = boxes_to_original(per_view[v][j]["boxes"].cpu(), batch.scales[j],
                                               batch.valid_sizes[j], batch.flipped[j],
                                               rec.width, rec.height)
-                        keep = ((b[:, 2] - b[:, 0]) >= MIN_SIDE) & ((b[:, 3] - b[:, 1]) >= MIN_SIDE)
+                        keep = remove_small_boxes(b, MIN_SIDE)
                         boxes[v] = b[keep]
                         labels[v] = per_view[v][j]["labels"].cpu()[keep]
                         scores[v] = per_view[v][j]["scores"].cpu()[keep]

@@ -203,11 +203,8 @@ LIVE_PREVIEW_MAX = 20_000
 
 def batch_refresh(ctx, st, min_score):
     ck = st["checkpoint"]
-    if ck is not None:
-        row = ctx.run.conn.execute("SELECT n_original + n_augmented FROM checkpoints "
-                                   "WHERE iteration = ?", (ck,)).fetchone()
-        if row and (row[0] or 0) > LIVE_PREVIEW_MAX:
-            return gr.skip(), gr.skip()
+    if ck is not None and n_mined(ctx, ck) > LIVE_PREVIEW_MAX:
+        return gr.skip(), gr.skip()
     return batch_preview(ctx, st, min_score)
 
 

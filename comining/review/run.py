@@ -190,13 +190,14 @@ class Run:
             rgb, scale = load_rgb_reduced(path, exif_transpose=False, max_side=max_side)
         return rgb, scale
 
-    def _placeholder_and_problem(self, image_id: int, exc: Exception) -> tuple[np.ndarray, str]:
+    def _file_problem(self, image_id: int, exc: Exception) -> str:
+        """Why an image file cannot be opened (an InputError or OSError of _file_key)."""
         if isinstance(exc, InputError):
-            file_name = self.images[image_id][0] if image_id in self.images else None
-            problem = exc.problem if file_name is None or exc.path is None else \
-                f"{file_name}: {exc.problem}"
-            return self._placeholder(image_id), problem
-        return self._placeholder(image_id), f"image file not found: {self.images[image_id][0]}"
+            return exc.problem
+        return f"image file not found: {self.images[image_id][0]}"
+
+    def _decode_problem(self, image_id: int, exc: InputError) -> str:
+        return f"{self.images[image_id][0]}: {exc.problem}"
 
     def load_image(self, image_id: int) -> tuple[np.ndarray, str | None]:
         """(HxWx3 RGB at full size, problem): a grey placeholder and the reason when the
@@ -204,7 +205,7 @@ class Run:
         try:
             path, key = self._file_key(image_id)
         except (InputError, OSError) as exc:
-            return self._placeholder_and_problem(image_id, exc)
+            return self._placeholder(image_id), self._file_problem(image_id, exc)
         with self._lock:
             if key in self._image_cache:
                 self._image_cache.move_to_end(key)
@@ -212,7 +213,7 @@ class Run:
         try:
             rgb, _ = self._decode(image_id, path)
         except InputError as exc:
-            return self._placeholder_and_problem(image_id, exc)
+            return self._placeholder(image_id), self._decode_problem(image_id, exc)
         rgb.setflags(write=False)
         with self._lock:
             _remember(self._image_cache, key, rgb, rgb.nbytes)
@@ -226,8 +227,7 @@ class Run:
         try:
             path, key = self._file_key(image_id)
         except (InputError, OSError) as exc:
-            image, problem = self._placeholder_and_problem(image_id, exc)
-            return (*fit_display(image), problem)
+            return (*fit_display(self._placeholder(image_id)), self._file_problem(image_id, exc))
         with self._lock:
             hit = self._display_cache.get(key)
             if hit is not None:
@@ -248,8 +248,7 @@ class Run:
             image, scale = (full[0], 1.0) if full is not None else \
                 self._decode(image_id, path, max_side=DISPLAY_MAX_SIDE)
         except InputError as exc:
-            image, problem = self._placeholder_and_problem(image_id, exc)
-            return (*fit_display(image), problem)
+            return (*fit_display(self._placeholder(image_id)), self._decode_problem(image_id, exc))
         shown, factor = fit_display(image)
         shown.setflags(write=False)
         value = (shown, factor * scale)

@@ -488,6 +488,10 @@ def test_prefetch_decodes_the_next_image_once_in_the_background(run, monkeypatch
     run.prefetch(1)                                   # a small image: not worth a thread
     monkeypatch.setattr(run_module, "PREFETCH_MIN_PIXELS", 480 * 360)
     run.prefetch(2)
+    deadline = time.monotonic() + 10
+    while not decoded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert decoded == ["000002.png"]                  # decoding before anyone asked
     run.prefetch(2)                                   # already in flight: nothing more
     shown, factor, problem = run.display_image(2)     # waits for the prefetch
     assert problem is None and shown.shape == (360, 480, 3) and factor == 1.0

@@ -52,6 +52,47 @@ class MiningThresholds:
         return dataclasses.asdict(self)
 
 
+RANKS = ("mean", "max", "min", "noisy_or", "geometric")   # see comining.objects.RANKS
+
+
+@dataclass
+class ReviewMining:
+    """Mining for the annotator, apart from training's co-generation (whose rules the
+    paper's results depend on): recall first, since the queue is ranked and the
+    annotator stops where it stops paying; one item per object (comining.objects).
+
+    Chosen by measurement (benchmarks/mining.py, two generated settings, every
+    checkpoint): a low score floor holds across detectors and training stages, where
+    the paper's tau left a weaker detector's queue empty.
+    """
+
+    score_floor: float = 0.05     # per-class score a box needs (torchvision's test default)
+    nms_iou: float | None = None  # class-wise NMS per view; default: the detector's theta1
+    max_per_view: int = 100       # boxes per view and image, best first, before grouping
+    max_objects: int = 30         # objects kept per image, best ranked
+    group_iou: float = 0.5        # boxes of both views, any class, at IoU >= this: one object
+    label_iou: float = 0.5        # an object at IoU >= this with an annotation is not missing
+    rank: str = "mean"            # the object's score from the two views' best scores
+
+    def validate(self) -> None:
+        def bad(msg):
+            raise InputError(None, msg)
+        if not 0 <= self.score_floor <= 1:
+            bad("--review-score-floor must be within [0, 1]")
+        for name in ("group_iou", "label_iou"):
+            if not 0 < getattr(self, name) <= 1:
+                bad(f"--{name.replace('_', '-')} must be within (0, 1]")
+        if self.nms_iou is not None and not 0 < self.nms_iou <= 1:
+            bad("the review NMS IoU must be within (0, 1]")
+        if self.max_per_view < 1 or self.max_objects < 1:
+            bad("--max-objects and the boxes per view must be at least 1")
+        if self.rank not in RANKS:
+            bad(f"unknown rank {self.rank!r}; choose one of {', '.join(RANKS)}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class TrainConfig:
     images: str
@@ -79,6 +120,7 @@ class TrainConfig:
     mine: bool = True                   # mine the training set at every checkpoint
     hidden: str | None = None           # HIDDEN.json of a sparsified set, for mining scores
     thresholds: MiningThresholds = field(default=None)
+    review: ReviewMining = field(default_factory=ReviewMining)   # mining for the annotator
     amp: str = "auto"                   # auto (bf16 on CUDA) | bf16 | off
     channels_last: str = "auto"
 
@@ -87,6 +129,8 @@ class TrainConfig:
             self.thresholds = MiningThresholds(**self.thresholds)
         if self.thresholds is None:
             self.thresholds = MiningThresholds.for_detector(self.detector)
+        if isinstance(self.review, dict):
+            self.review = ReviewMining(**self.review)
         self.validate()
 
     def validate(self) -> None:
@@ -110,6 +154,7 @@ class TrainConfig:
         t = self.thresholds
         if not (0 <= t.score_thresh <= 1 and 0 < t.nms_iou <= 1 and 0 < t.gt_iou <= 1):
             bad("thresholds must be within [0, 1]")
+        self.review.validate()
 
     @property
     def base_lr(self) -> float:
@@ -130,6 +175,7 @@ class TrainConfig:
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["thresholds"] = self.thresholds.as_dict()
+        d["review"] = self.review.as_dict()
         return d
 
     @classmethod

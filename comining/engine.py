@@ -390,10 +390,10 @@ def _mine(ctx: RunContext, iteration: int, path: Path, bar) -> None:
                          augment=ctx.config.augment, device=ctx.device,
                          batch_size=ctx.config.batch_size, num_workers=ctx.config.num_workers,
                          seed=ctx.config.seed + iteration, rank=ctx.ddp.rank,
-                         world_size=ctx.ddp.world_size)
+                         world_size=ctx.ddp.world_size, review=ctx.config.review)
     cands = gather_candidates(cands, ctx.ddp.world_size)
     if ctx.ddp.main:
         record(ctx.run_dir, iteration=iteration, checkpoint_path=path,
-               thresholds=ctx.config.thresholds, candidates=cands)
+               thresholds=ctx.config.thresholds, candidates=cands, review=ctx.config.review)
     if bar:
         bar.set_description(f"{ctx.config.method} {ctx.config.detector}")

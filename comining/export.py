@@ -14,9 +14,9 @@ agreed    the human decisions, plus every still undecided candidate both views a
 all       the same with every undecided candidate of `checkpoint`, agreed or not.
 
 `min_score` only filters the automatic accepts; a human decision is never overridden.
-Duplicates (same image, same class, IoU >= 0.5: across views, checkpoints, or between
-a human and an automatic accept) are merged greedily, human decisions first, then by
-score: one object gives one box.
+Duplicates (same image, IoU >= 0.5 whatever the classes: across views, checkpoints, or
+between a human and an automatic accept) are merged greedily, human decisions first,
+then by score: one object gives one box.
 """
 
 from __future__ import annotations
@@ -77,14 +77,14 @@ def collect(run: review.Run, *, accept: str = "reviewed", min_score: float = 0.0
 
 def merge_duplicates(records: list[dict], iou_thresh: float = review.IOU_SAME) -> list[dict]:
     """One box per object: greedy, human decisions first then by score; a record is
-    dropped when a kept one of its image and class overlaps it with IoU >= iou_thresh."""
+    dropped when a kept one of its image (any class) overlaps it with IoU >= iou_thresh."""
     order = sorted(records, key=lambda r: (not r["human"], -(r["score"] if r["score"] is not None
                                                             else float("inf")),
                                            r["reviewed_at"] or "", r["candidate_id"] or 0))
-    kept: dict[tuple[int, int], list[dict]] = {}
+    kept: dict[int, list[dict]] = {}
     out = []
     for r in order:
-        same = kept.setdefault((r["image_id"], r["category_id"]), [])
+        same = kept.setdefault(r["image_id"], [])
         if any(review.iou(r["bbox"], k["bbox"]) >= iou_thresh for k in same):
             continue
         same.append(r)

@@ -1,8 +1,14 @@
-"""Mining a checkpoint: co-generation over the whole training set with BOTH views.
+"""Mining a checkpoint for review: both views over the whole training set, recall first,
+one proposal per object.
 
-Every kept pseudo box of each view becomes a candidate in the run's store, in original
-image pixels; boxes both views found (same class, IoU >= 0.5) are marked agreed. A
-checkpoint's candidates are written in one transaction: all or nothing.
+Training's co-generation keeps the paper's rules (comining.cogeneration); what an
+annotator reviews is mined by its own settings (`ReviewMining`): every box of each view
+above a low score floor (class-wise NMS, at most `max_per_view`), in original image
+pixels; then both views' boxes of an image become objects (comining.objects): grouped
+across views and classes, set apart where they are already labelled, ranked by both
+views. Each view's boxes stay in the store as candidates (the page shows each branch's
+own boxes); boxes both views found (same class, IoU >= 0.5) are marked agreed. A
+checkpoint's candidates and objects are written in one transaction: all or nothing.
 
 Boxes thinner than MIN_SIDE original pixels are not candidates: an early or weak detector
 emits many such slivers (its regressed sides collapse), nobody can review them, and
@@ -13,7 +19,9 @@ the authors' code does.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
@@ -22,10 +30,10 @@ from torchvision.ops import remove_small_boxes
 from comining import store
 from comining.augment import augment_batch, make_view_augmenter
 from comining.cogeneration import agreement
-from comining.config import MiningThresholds
+from comining.config import MiningThresholds, ReviewMining
 from comining.data import DetectionDataset, boxes_to_original, make_loader
-from comining.model import DenseForward
-from comining.siamese import pseudo_boxes
+from comining.model import DenseForward, view_detections
+from comining.objects import review_objects
 
 AGREEMENT_IOU = 0.5
 VIEWS = ("original", "augmented")
@@ -33,24 +41,25 @@ MIN_SIDE = 1.0   # original pixels, each way
 
 
 @torch.no_grad()
-def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: MiningThresholds, *,
-                 augment: str, device: torch.device, batch_size: int, num_workers: int,
-                 seed: int, rank: int = 0, world_size: int = 1) -> list[dict]:
-    """Candidates of both views over `dataset` (this rank's shard when world_size > 1).
+def detect_views(dense: DenseForward, dataset: DetectionDataset, *, score_thresh: float,
+                 nms_iou: float, max_per_image: int, augment: str, device: torch.device,
+                 batch_size: int, num_workers: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> Iterator[tuple]:
+    """Yield (image record, {view: (boxes (N, 4) xyxy in original pixels, labels (N,)
+    contiguous, scores (N,))}) for this rank's shard of `dataset`, both views.
 
-    The augmented view is drawn from a generator seeded by `seed`, without touching the
-    training RNG, so mining a checkpoint twice gives the same candidates.
+    Scores are the class scores co-generation uses (FCOS: before centerness). The
+    augmented view is drawn from a generator seeded by `seed`, without touching the
+    training RNG, so mining a checkpoint twice gives the same boxes.
     """
-    coco = dataset.coco
     indices = list(range(rank, len(dataset), world_size))
     loader = make_loader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                          num_workers=num_workers, pin_memory=device.type == "cuda",
                          generator=torch.Generator().manual_seed(seed))
     augmenter = make_view_augmenter(augment)
-    record_of = {r.id: r for r in coco.images}
+    record_of = {r.id: r for r in dataset.coco.images}
     was_training = dense.net.training
     dense.net.eval()
-    out: list[dict] = []
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -60,40 +69,99 @@ def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: Min
                 b = batch.images.shape[0]
                 aug = augment_batch(batch.images, batch.valid_sizes, augmenter)
                 head, anchors, per_level = dense(torch.cat([batch.images, aug]))
-                per_view = {}
-                for i, view in enumerate(VIEWS):
-                    h = {k: v[i * b:(i + 1) * b] for k, v in head.items()}
-                    per_view[view] = pseudo_boxes(dense.detector, h, anchors[:b], per_level, batch,
-                                                  thresholds)
+                sizes = [tuple(s) for s in batch.valid_sizes]
+                per_view = {v: view_detections(dense.detector, {k: t[i * b:(i + 1) * b]
+                                                                for k, t in head.items()},
+                                               anchors[:b], per_level, sizes,
+                                               score_thresh=score_thresh, nms_iou=nms_iou,
+                                               max_per_image=max_per_image)
+                            for i, v in enumerate(VIEWS)}
                 for j, image_id in enumerate(batch.image_ids):
                     rec = record_of[image_id]
-                    boxes, labels, scores = {}, {}, {}
+                    dets = {}
                     for v in VIEWS:
-                        b = boxes_to_original(per_view[v][j]["boxes"].cpu(), batch.scales[j],
-                                              batch.valid_sizes[j], batch.flipped[j],
-                                              rec.width, rec.height)
-                        keep = remove_small_boxes(b, MIN_SIDE)
-                        boxes[v] = b[keep]
-                        labels[v] = per_view[v][j]["labels"].cpu()[keep]
-                        scores[v] = per_view[v][j]["scores"].cpu()[keep]
-                    match_o, match_a = agreement(boxes["original"], labels["original"],
-                                                 boxes["augmented"], labels["augmented"],
-                                                 AGREEMENT_IOU)
-                    matches = {"original": (match_o, "augmented"), "augmented": (match_a, "original")}
-                    for v in VIEWS:
-                        match, other = matches[v]
-                        for k in range(len(boxes[v])):
-                            x0, y0, x1, y1 = boxes[v][k].tolist()
-                            partner = int(match[k])
-                            out.append({
-                                "key": (image_id, v, k),
-                                "partner_key": (image_id, other, partner) if partner >= 0 else None,
-                                "image_id": image_id,
-                                "category_id": coco.categories.to_category_id(int(labels[v][k])),
-                                "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                "score": float(scores[v][k]), "view": v, "agreed": partner >= 0})
+                        d = per_view[v][j]
+                        boxes = boxes_to_original(d["boxes"].float().cpu(), batch.scales[j],
+                                                  batch.valid_sizes[j], batch.flipped[j],
+                                                  rec.width, rec.height)
+                        keep = remove_small_boxes(boxes, MIN_SIDE)
+                        dets[v] = (boxes[keep], d["labels"].cpu()[keep], d["scores"].float().cpu()[keep])
+                    yield rec, dets
     finally:
         dense.net.train(was_training)
+
+
+def image_candidates(rec, dets: dict, categories, review: ReviewMining, *,
+                     crowd_ioa: float = 0.5) -> list[dict]:
+    """One image's boxes of both views -> its candidates (the members of its kept
+    objects), each with the `object` it belongs to (a dict shared by its members)."""
+    flat = [(v, k) for v in VIEWS for k in range(len(dets[v][0]))]
+    if not flat:
+        return []
+    boxes = torch.cat([dets[v][0] for v in VIEWS]).numpy().astype(np.float64)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    labels = torch.cat([dets[v][1] for v in VIEWS]).tolist()
+    cats = [categories.to_category_id(int(lab)) for lab in labels]
+    scores = torch.cat([dets[v][2] for v in VIEWS]).numpy().astype(np.float64)
+    views = [VIEWS.index(v) for v, _ in flat]
+    gt = rec.boxes.astype(np.float64).reshape(-1, 4)
+    crowd = rec.crowd_boxes.astype(np.float64).reshape(-1, 4)
+    objs = review_objects(
+        xywh, scores, cats, views,
+        label_boxes=np.concatenate([gt[:, :2], gt[:, 2:] - gt[:, :2]], axis=1),
+        label_classes=[categories.to_category_id(int(lab)) for lab in rec.labels],
+        crowd_boxes=np.concatenate([crowd[:, :2], crowd[:, 2:] - crowd[:, :2]], axis=1),
+        group_iou=review.group_iou, label_iou=review.label_iou, rank=review.rank,
+        max_objects=review.max_objects, crowd_ioa=crowd_ioa)
+    match_o, match_a = agreement(dets["original"][0], dets["original"][1],
+                                 dets["augmented"][0], dets["augmented"][1], AGREEMENT_IOU)
+    partner = {("original", k): ("augmented", int(m)) for k, m in enumerate(match_o.tolist()) if m >= 0}
+    partner |= {("augmented", k): ("original", int(m)) for k, m in enumerate(match_a.tolist()) if m >= 0}
+    image_id = rec.id
+    out = []
+    for n, o in enumerate(objs):
+        obj = {"key": (image_id, "object", n), "image_id": image_id, "bbox": list(o.box),
+               "score": o.score, "category_id": o.category_id,
+               "classes": [list(c) for c in o.classes], "view_scores": list(o.view_scores),
+               "view": o.view, "on_label": o.on_label}
+        for i in o.members:
+            v, k = flat[i]
+            x, y, w, h = xywh[i].tolist()
+            p = partner.get((v, k))
+            out.append({"key": (image_id, v, k),
+                        "partner_key": (image_id, *p) if p else None,
+                        "image_id": image_id, "category_id": cats[i], "bbox": [x, y, w, h],
+                        "score": float(scores[i]), "view": v, "agreed": p is not None,
+                        "object": obj})
+    kept = {c["key"] for c in out}
+    for c in out:   # a partner in a dropped object is no partner in the store
+        if c["partner_key"] not in kept:
+            c["partner_key"] = None
+    return out
+
+
+def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: MiningThresholds, *,
+                 augment: str, device: torch.device, batch_size: int, num_workers: int,
+                 seed: int, rank: int = 0, world_size: int = 1,
+                 review: ReviewMining | None = None) -> list[dict]:
+    """Candidates of both views over `dataset` (this rank's shard when world_size > 1),
+    mined for review: `review` settings (default ReviewMining()); `thresholds` gives the
+    NMS IoU (theta1) unless `review.nms_iou` is set, and the crowd rule.
+
+    Each candidate: image_id, category_id, bbox [x, y, w, h] (original pixels), score,
+    view, agreed, key, partner_key, and `object` (its object's dict: key, bbox, score,
+    category_id, classes, view_scores, view, on_label).
+    """
+    review = review or ReviewMining()
+    out: list[dict] = []
+    for rec, dets in detect_views(dense, dataset, score_thresh=review.score_floor,
+                                  nms_iou=review.nms_iou or thresholds.nms_iou,
+                                  max_per_image=review.max_per_view, augment=augment,
+                                  device=device, batch_size=batch_size,
+                                  num_workers=num_workers, seed=seed, rank=rank,
+                                  world_size=world_size):
+        out.extend(image_candidates(rec, dets, dataset.coco.categories, review,
+                                    crowd_ioa=thresholds.crowd_ioa))
     return out
 
 
@@ -108,20 +176,28 @@ def gather_candidates(candidates: list[dict], world_size: int) -> list[dict]:
 
 
 def record(run_dir: Path, *, iteration: int, checkpoint_path: Path, thresholds: MiningThresholds,
-           candidates: list[dict]) -> dict:
+           candidates: list[dict], review: ReviewMining | None = None) -> dict:
+    """Store one checkpoint's mining (one transaction); returns its counts: boxes per
+    view, agreed boxes, objects, and objects on a label."""
+    review = review or ReviewMining()
     conn = store.connect(Path(run_dir) / store.STORE_NAME)
     try:
         store.replace_checkpoint_candidates(conn, iteration=iteration, path=str(checkpoint_path),
-                                            thresholds=thresholds.as_dict(), candidates=candidates)
+                                            thresholds=thresholds.as_dict(), candidates=candidates,
+                                            settings=review.as_dict())
     finally:
         conn.close()
+    objs = {c["object"]["key"]: c["object"] for c in candidates if "object" in c}
     return {v: sum(1 for c in candidates if c["view"] == v) for v in VIEWS} | {
-        "agreed": sum(1 for c in candidates if c["agreed"] and c["view"] == "original")}
+        "agreed": sum(1 for c in candidates if c["agreed"] and c["view"] == "original"),
+        "objects": sum(1 for o in objs.values() if o["on_label"] is None),
+        "on_label": sum(1 for o in objs.values() if o["on_label"] is not None)}
 
 
 def mine_checkpoint(run_dir, checkpoint: str | int = "last", *, thresholds: MiningThresholds | None = None,
-                    device: str = "auto", batch_size: int | None = None, num_workers: int | None = None) -> dict:
-    """Re-mine one saved checkpoint of a run (other thresholds allowed) into its store."""
+                    review: ReviewMining | None = None, device: str = "auto",
+                    batch_size: int | None = None, num_workers: int | None = None) -> dict:
+    """Re-mine one saved checkpoint of a run (other settings allowed) into its store."""
     from comining.engine import RunContext  # the engine owns run loading
 
     store.connect(Path(run_dir) / store.STORE_NAME).close()  # a bad store fails before the work
@@ -129,10 +205,11 @@ def mine_checkpoint(run_dir, checkpoint: str | int = "last", *, thresholds: Mini
     it, path = ctx.checkpoint_path(checkpoint)
     ctx.load_weights(path)
     thresholds = thresholds or ctx.config.thresholds
+    review = review or ctx.config.review
     cands = mine_dataset(ctx.dense, ctx.mining_dataset, thresholds, augment=ctx.config.augment,
                          device=ctx.device, batch_size=batch_size or ctx.config.batch_size,
                          num_workers=ctx.config.num_workers if num_workers is None else num_workers,
-                         seed=ctx.config.seed + it)
+                         seed=ctx.config.seed + it, review=review)
     counts = record(Path(run_dir), iteration=it, checkpoint_path=path, thresholds=thresholds,
-                    candidates=cands)
+                    candidates=cands, review=review)
     return {"iteration": it, **counts}

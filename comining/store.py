@@ -10,15 +10,27 @@ Schema (version SCHEMA_VERSION):
       the dataset's own category ids
   checkpoints(iteration INTEGER PRIMARY KEY, path TEXT, mined_at TEXT,
               score_thresh REAL, nms_iou REAL, gt_iou REAL,
-              n_original INTEGER, n_augmented INTEGER, n_agreed INTEGER)
+              n_original INTEGER, n_augmented INTEGER, n_agreed INTEGER, settings TEXT)
       one row per mined checkpoint; written in the same transaction as its candidates,
-      so a checkpoint is either fully mined or absent (a killed mining leaves no trace)
+      so a checkpoint is either fully mined or absent (a killed mining leaves no trace);
+      settings: the mining settings as json (ReviewMining), NULL for version-1 minings
   candidates(id INTEGER PRIMARY KEY AUTOINCREMENT, checkpoint INTEGER, image_id INTEGER,
              category_id INTEGER, x REAL, y REAL, w REAL, h REAL, score REAL,
              view TEXT ('original' | 'augmented'), agreed INTEGER (0/1),
-             partner_id INTEGER NULL)
+             partner_id INTEGER NULL, object_id INTEGER)
       a box mined by one view at one checkpoint, in original image pixels (COCO xywh);
-      agreed = the other view found the same class at IoU >= 0.5 (partner_id: its best match)
+      agreed = the other view found the same class at IoU >= 0.5 (partner_id: its best
+      match); object_id: the object it belongs to
+  objects(id INTEGER PRIMARY KEY, checkpoint INTEGER, image_id INTEGER,
+          category_id INTEGER, x REAL, y REAL, w REAL, h REAL, score REAL,
+          score_original REAL, score_augmented REAL, view TEXT, classes TEXT,
+          on_label INTEGER NULL)
+      what the annotator reviews: one object per image and checkpoint (comining.objects),
+      its id the id of its best candidate; box fused from its candidates; category_id its
+      best class, classes the ranked alternatives as json [[category_id, score], ...];
+      score the ranking score, score_<view> each view's best score (0: not seen);
+      view 'original' | 'augmented' | 'both'; on_label: the class of the annotation it
+      overlaps (a possible wrong label), NULL for a missing-object candidate
   decisions(id INTEGER PRIMARY KEY, candidate_id INTEGER NULL, image_id INTEGER,
             decision TEXT ('accepted' | 'rejected'), category_id INTEGER,
             x REAL, y REAL, w REAL, h REAL, decided_at TEXT, client TEXT,
@@ -31,6 +43,7 @@ WAL journal and a busy timeout let the review app and an export share the file.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,7 +51,7 @@ from pathlib import Path
 
 from comining.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_NAME = "comining.sqlite"
 VIEWS = ("original", "augmented")
 
@@ -49,16 +62,17 @@ CREATE TABLE IF NOT EXISTS images (id INTEGER PRIMARY KEY, file_name TEXT NOT NU
 CREATE TABLE IF NOT EXISTS categories (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (iteration INTEGER PRIMARY KEY, path TEXT, mined_at TEXT,
     score_thresh REAL, nms_iou REAL, gt_iou REAL,
-    n_original INTEGER, n_augmented INTEGER, n_agreed INTEGER);
+    n_original INTEGER, n_augmented INTEGER, n_agreed INTEGER, settings TEXT);
 CREATE TABLE IF NOT EXISTS candidates (id INTEGER PRIMARY KEY AUTOINCREMENT,
     checkpoint INTEGER NOT NULL REFERENCES checkpoints(iteration),
     image_id INTEGER NOT NULL REFERENCES images(id),
     category_id INTEGER NOT NULL REFERENCES categories(id),
     x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL, score REAL NOT NULL,
     view TEXT NOT NULL CHECK (view IN ('original', 'augmented')),
-    agreed INTEGER NOT NULL DEFAULT 0, partner_id INTEGER);
+    agreed INTEGER NOT NULL DEFAULT 0, partner_id INTEGER, object_id INTEGER);
 CREATE INDEX IF NOT EXISTS candidates_by_checkpoint_image ON candidates (checkpoint, image_id);
 CREATE INDEX IF NOT EXISTS candidates_by_image ON candidates (image_id);
+CREATE INDEX IF NOT EXISTS candidates_by_object ON candidates (object_id);
 CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, candidate_id INTEGER,
     image_id INTEGER NOT NULL,
     decision TEXT NOT NULL CHECK (decision IN ('accepted', 'rejected')),
@@ -68,6 +82,23 @@ CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, candidate_id INTEG
 CREATE INDEX IF NOT EXISTS decisions_by_candidate ON decisions (candidate_id);
 CREATE INDEX IF NOT EXISTS decisions_by_image ON decisions (image_id);
 """
+# Version 2 added: objects, candidates.object_id, checkpoints.settings (see _migrate_v1).
+_OBJECTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (id INTEGER PRIMARY KEY,
+    checkpoint INTEGER NOT NULL REFERENCES checkpoints(iteration),
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    category_id INTEGER NOT NULL REFERENCES categories(id),
+    x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL, score REAL NOT NULL,
+    score_original REAL NOT NULL, score_augmented REAL NOT NULL,
+    view TEXT NOT NULL CHECK (view IN ('original', 'augmented', 'both')),
+    classes TEXT NOT NULL, on_label INTEGER);
+CREATE INDEX IF NOT EXISTS objects_by_checkpoint_image ON objects (checkpoint, image_id);
+CREATE INDEX IF NOT EXISTS objects_by_checkpoint_score ON objects (checkpoint, score DESC);
+"""
+
+
+def _statements(sql: str) -> list[str]:
+    return [stmt for stmt in sql.strip().split(";") if stmt.strip()]
 
 
 def now_iso() -> str:
@@ -88,12 +119,15 @@ def connect(path: str | Path, *, create: bool = False, timeout: float = 30.0) ->
         conn.execute("PRAGMA foreign_keys=ON")
         if create:
             with transaction(conn):
-                for stmt in _SCHEMA.strip().split(";"):
-                    if stmt.strip():
+                if schema_version(conn) in (None, SCHEMA_VERSION):
+                    for stmt in _statements(_SCHEMA) + _statements(_OBJECTS_SCHEMA):
                         conn.execute(stmt)
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                                 (str(SCHEMA_VERSION),))
         version = schema_version(conn)
+        if version == 1:
+            _migrate_v1(conn)
+            version = schema_version(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise InputError(path, f"not a comining store ({exc})") from None
@@ -102,6 +136,29 @@ def connect(path: str | Path, *, create: bool = False, timeout: float = 30.0) ->
         raise InputError(path, f"store schema version {version} is not supported by this comining "
                                f"(expects {SCHEMA_VERSION}); re-mine the run with this version")
     return conn
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2 in one transaction: add the objects of every mined checkpoint,
+    grouped from its candidates as mining groups them now (no label check: version 1
+    mined no box on a same-class label, and its annotations are not in the store)."""
+    with transaction(conn):
+        if schema_version(conn) != 1:      # another process migrated meanwhile
+            return
+        conn.execute("ALTER TABLE candidates ADD COLUMN object_id INTEGER")
+        conn.execute("ALTER TABLE checkpoints ADD COLUMN settings TEXT")
+        conn.execute("CREATE INDEX IF NOT EXISTS candidates_by_object ON candidates (object_id)")
+        for stmt in _statements(_OBJECTS_SCHEMA):
+            conn.execute(stmt)
+        for (it,) in conn.execute("SELECT iteration FROM checkpoints").fetchall():
+            rows = conn.execute("SELECT id, image_id, category_id, x, y, w, h, score, view "
+                                "FROM candidates WHERE checkpoint = ? ORDER BY image_id, id",
+                                (it,)).fetchall()
+            cands = [{"key": r["id"], "image_id": r["image_id"], "category_id": r["category_id"],
+                      "bbox": [r["x"], r["y"], r["w"], r["h"]], "score": r["score"],
+                      "view": r["view"]} for r in rows]
+            _write_objects(conn, it, cands, {r["id"]: r["id"] for r in rows})
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
 
 def schema_version(conn: sqlite3.Connection) -> int | None:
@@ -155,20 +212,25 @@ def write_dataset(conn: sqlite3.Connection, images: list[dict], categories: list
 
 
 def replace_checkpoint_candidates(conn: sqlite3.Connection, *, iteration: int, path: str,
-                                  thresholds: dict, candidates: list[dict]) -> None:
+                                  thresholds: dict, candidates: list[dict],
+                                  settings: dict | None = None) -> None:
     """Store one checkpoint's mining in a single transaction (replacing an earlier one).
 
     Each candidate: image_id, category_id, bbox [x, y, w, h], score, view, agreed, and
-    `key` (any unique hashable) with `partner_key` naming its agreed partner, if any.
+    `key` (any unique hashable) with `partner_key` naming its agreed partner, if any,
+    and optionally `object`: its object as comining.mining makes it (candidates without
+    one are grouped into objects here). `settings`: the mining settings, kept as json.
     """
     counts = {v: sum(1 for c in candidates if c["view"] == v) for v in VIEWS}
     n_agreed = sum(1 for c in candidates if c["agreed"] and c["view"] == "original")
     with transaction(conn):
+        conn.execute("DELETE FROM objects WHERE checkpoint = ?", (iteration,))
         conn.execute("DELETE FROM candidates WHERE checkpoint = ?", (iteration,))
         conn.execute("DELETE FROM checkpoints WHERE iteration = ?", (iteration,))
-        conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (iteration, path, now_iso(), thresholds["score_thresh"], thresholds["nms_iou"],
-                      thresholds["gt_iou"], counts["original"], counts["augmented"], n_agreed))
+                      thresholds["gt_iou"], counts["original"], counts["augmented"], n_agreed,
+                      None if settings is None else json.dumps(settings, sort_keys=True)))
         row_id = {}
         for c in candidates:
             x, y, w, h = (float(v) for v in c["bbox"])
@@ -181,6 +243,45 @@ def replace_checkpoint_candidates(conn: sqlite3.Connection, *, iteration: int, p
         conn.executemany("UPDATE candidates SET partner_id = ? WHERE id = ?",
                          [(row_id[c["partner_key"]], row_id[c["key"]]) for c in candidates
                           if c.get("partner_key") is not None])
+        _write_objects(conn, iteration, candidates, row_id)
+
+
+def _write_objects(conn: sqlite3.Connection, iteration: int, candidates: list[dict],
+                   row_id: dict) -> None:
+    """The objects of one checkpoint's candidates (their `object` dicts as mining made
+    them, else grouped here as mining groups them), and each candidate's object_id."""
+    from comining.objects import group_objects
+
+    members: dict = {}       # object key -> (object dict, [candidate keys], best first)
+    loose: dict[int, list[dict]] = {}
+    for c in candidates:
+        obj = c.get("object")
+        if obj is None:
+            loose.setdefault(int(c["image_id"]), []).append(c)
+        else:
+            members.setdefault(obj["key"], (obj, []))[1].append(c)
+    for image_id, cands in loose.items():
+        for n, o in enumerate(group_objects([c["bbox"] for c in cands], [c["score"] for c in cands],
+                                            [c["category_id"] for c in cands],
+                                            [c["view"] for c in cands])):
+            obj = {"key": ("grouped", image_id, n), "image_id": image_id, "bbox": list(o.box),
+                   "score": o.score, "category_id": o.category_id,
+                   "classes": [list(x) for x in o.classes], "view_scores": list(o.view_scores),
+                   "view": o.view, "on_label": o.on_label}
+            members[obj["key"]] = (obj, [cands[i] for i in o.members])
+    rows, links = [], []
+    for obj, cands in members.values():
+        best = max(cands, key=lambda c: c["score"])     # the first of equal scores
+        oid = row_id[best["key"]]
+        x, y, w, h = (float(v) for v in obj["bbox"])
+        so, sa = (float(v) for v in obj["view_scores"])
+        rows.append((oid, iteration, int(obj["image_id"]), int(obj["category_id"]), x, y, w, h,
+                     float(obj["score"]), so, sa, obj["view"],
+                     json.dumps([[int(c), round(float(s), 6)] for c, s in obj["classes"]]),
+                     None if obj.get("on_label") is None else int(obj["on_label"])))
+        links.extend((oid, row_id[c["key"]]) for c in cands)
+    conn.executemany("INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.executemany("UPDATE candidates SET object_id = ? WHERE id = ?", links)
 
 
 def checkpoints(conn: sqlite3.Connection) -> list[sqlite3.Row]:
@@ -198,6 +299,14 @@ def resolve_checkpoint(conn: sqlite3.Connection, which: str | int, path=None) ->
     if it not in its:
         raise InputError(path, f"checkpoint {it} was not mined; mined: {', '.join(map(str, its))}")
     return it
+
+
+def objects(conn: sqlite3.Connection, checkpoint: int | None = None) -> list[sqlite3.Row]:
+    """Objects of one checkpoint (or all), best ranked first within a checkpoint."""
+    if checkpoint is None:
+        return conn.execute("SELECT * FROM objects ORDER BY checkpoint, score DESC, id").fetchall()
+    return conn.execute("SELECT * FROM objects WHERE checkpoint = ? ORDER BY score DESC, id",
+                        (checkpoint,)).fetchall()
 
 
 def candidates(conn: sqlite3.Connection, checkpoint: int | None = None) -> list[sqlite3.Row]:

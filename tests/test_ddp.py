@@ -19,7 +19,8 @@ def test_two_process_cpu_ddp_trains_and_mines(tiny_dataset, tmp_path):
          "--ann", tiny_dataset / "annotations" / "train.json", "--run-dir", run,
          "--backbone", "mobilenet_v3", "--fpn-channels", "32", "--image-size", "96",
          "--batch-size", "2", "--iters", "2", "--checkpoint-every", "2", "--weights-backbone", "none",
-         "--device", "cpu", "--workers", "0", "--score-thresh", "0.001", "--no-progress"],
+         "--device", "cpu", "--workers", "0", "--score-thresh", "0.001", "--review-score-floor", "0.001",
+         "--no-progress"],
         capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "checkpoints" / "iter_0000002.pt").exists()

@@ -38,7 +38,7 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHO
 TRAIN = ["--backbone", "mobilenet_v3", "--fpn-channels", "32", "--image-size", "96",
          "--batch-size", "2", "--iters", "4", "--checkpoint-every", "2", "--workers", "0",
          "--weights-backbone", "none", "--device", "cpu", "--no-progress", "--log-every", "1",
-         "--score-thresh", "0.001"]
+         "--score-thresh", "0.001", "--review-score-floor", "0.001"]
 
 # Runs `comining ARGS` with one store or os function wrapped: when the wrapped call is
 # reached for the AFTER-th time, it writes MARKER and sleeps until it is killed.
@@ -261,7 +261,7 @@ def test_kill_during_remining_keeps_the_old_mining_and_a_rerun_completes(referen
     cands = f"SELECT id, {CANDIDATE_COLUMNS} FROM candidates WHERE checkpoint = 4 ORDER BY id"
     before = (store_rows(run, cands), store_rows(run, "SELECT * FROM checkpoints"),
               store_rows(run, "SELECT * FROM decisions"))
-    args = ["mine", "--run", run, "--checkpoint", "4", "--score-thresh", "0.01", "--device", "cpu",
+    args = ["mine", "--run", run, "--checkpoint", "4", "--score-thresh", "0.01", "--review-score-floor", "0.01", "--device", "cpu",
             "--workers", "0"]
     proc, marker = spawn(args, wrap=("candidate-insert", 30), tmp_path=tmp_path)
     wait_for(proc, marker.exists, "the re-mining transaction was half written")

@@ -540,7 +540,7 @@ def test_unusual_images_and_class_counts_train_mine_review_export(capsys, tmp_pa
     assert code == 0, err
     run = tmp_path / "run"
     code, _, err = cli(capsys, "train", "--images", images, "--ann", tmp_path / "sp.json",
-                       "--run", run, "--hidden", tmp_path / "hid.json", "--score-thresh", "0.001",
+                       "--run", run, "--hidden", tmp_path / "hid.json", "--score-thresh", "0.001", "--review-score-floor", "0.001",
                        *TINY)
     assert code == 0, err
     code, _, err = cli(capsys, "candidates", "--run", run, "--out", tmp_path / "c.json")

@@ -248,7 +248,7 @@ def test_cached_grouping_follows_decisions_and_a_re_mine(run):
     after = review.all_items(run, 200)
     assert 2 not in after and 2 in before
     assert after == fresh(200)
-    assert after[1][0].box[0] == before[1][0].box[0] + 2
+    assert after[1][0].box[0] == pytest.approx(before[1][0].box[0] + 2)   # a fused box moves with its boxes
 
 
 # ----------------------------------------------------------------------------- restart, concurrency

@@ -36,16 +36,19 @@ def register(subparsers) -> None:
 
 
 def checkpoint_summary(run_dir, sparse: dict, hidden: dict) -> list[dict]:
-    """Per mined checkpoint: boxes per view, and how many of them are labels the split
-    erased (the demo knows them: it is how a user can trust what is mined)."""
+    """Per mined checkpoint: boxes per view, objects to review, and the review queue
+    scored against the labels the split erased (the demo knows them: it is how a user
+    can trust what is mined)."""
     from comining import store
     from comining.evaluate import mining_quality, mining_scores
+    from comining.queue_metrics import queue_quality, queue_scores
 
     conn = store.connect(run_dir / store.STORE_NAME)
     try:
         rows = [dict(r) for r in store.checkpoints(conn)]
         quality = mining_quality(store.candidates(conn), sparse, hidden,
                                  selections=("union", "agreed"))
+        queue = queue_quality(store.objects(conn), sparse, hidden)
     finally:
         conn.close()
     nothing = mining_scores([], sparse, hidden)   # a checkpoint that mined no box
@@ -55,16 +58,17 @@ def checkpoint_summary(run_dir, sparse: dict, hidden: dict) -> list[dict]:
             s = q.get(sel, nothing)
             r[sel] = {k: s[k] for k in ("n_mined", "n_correct", "n_hit_erased", "n_erased",
                                         "precision", "recall")}
+        r["queue"] = queue.get(r["iteration"]) or queue_scores([], sparse, hidden)
     return rows
 
 
 def summary_line(r: dict) -> str:
-    line = (f"checkpoint {r['iteration']}: {r['n_original']} boxes mined by the original view, "
-            f"{r['n_augmented']} by the augmented view, {r['n_agreed']} agreed")
-    u = r["union"]
-    if u["n_mined"]:
-        line += (f"; {u['n_correct']} of the {u['n_mined']} distinct boxes are real objects, "
-                 f"finding {u['n_hit_erased']} of the {u['n_erased']} erased labels")
+    from comining.queue_metrics import effort_line
+
+    q = r["queue"]
+    line = f"checkpoint {r['iteration']}: {q['n_items']} objects to review"
+    if q["n_items"]:
+        line += "; " + effort_line(q)
     return line
 
 

@@ -24,7 +24,12 @@ Two evaluations of a trained run (give either or both):
       recall at precision >= 0.9 over score thresholds, and (in --json) the
       precision/recall curve over the score. --anchors adds FiftyOne's rule
       (confidence > 0.95, no annotation at IoU 0.5) and cleanlab's overlooked-box
-      scores (if cleanlab is installed) on this run's predictions."""
+      scores (if cleanlab is installed) on this run's predictions.
+      And the review queue as annotator effort: walking each checkpoint's objects in
+      queue order, the queue's AP against the erased labels (object level: any class;
+      class level: the object's best class), the erased objects found after reviewing
+      0.5x, 1x and 2x as many items as labels were erased, and the best recall at
+      precision >= 0.9."""
 
 EPILOG = """\
 examples:
@@ -126,10 +131,13 @@ def check_hidden(sparse: dict, hidden: dict, sparse_path, hidden_path) -> None:
               file=sys.stderr)
 
 
-def mining(run_dir: Path, hidden_path: str, checkpoint) -> tuple[dict, dict, dict]:
+def mining(run_dir: Path, hidden_path: str, checkpoint) -> tuple[dict, dict, dict, dict]:
+    """(mining quality per checkpoint and selection, queue quality per checkpoint,
+    the training set's kept annotations, the erased ones)."""
     from comining import store
     from comining.coco import load_coco_json
     from comining.evaluate import SELECTIONS, mining_quality, mining_scores
+    from comining.queue_metrics import queue_quality, queue_scores
 
     ann_path, _ = run_training_set(run_dir)
     sparse = load_coco_json(ann_path)
@@ -141,20 +149,24 @@ def mining(run_dir: Path, hidden_path: str, checkpoint) -> tuple[dict, dict, dic
             if not store.checkpoints(conn):
                 raise InputError(run_dir, "no mined checkpoint in this run yet")
             rows = store.candidates(conn)
+            objs = store.objects(conn)
             mined = [r["iteration"] for r in store.checkpoints(conn)]
         else:
             it = store.resolve_checkpoint(conn, checkpoint, run_dir)
             rows = store.candidates(conn, it)
+            objs = store.objects(conn, it)
             mined = [it]
     finally:
         conn.close()
     quality = mining_quality(rows, sparse, hidden)
+    queue = queue_quality(objs, sparse, hidden)
     # A mined checkpoint without a single candidate still gets its (empty) rows.
     for it in mined:
         if it not in quality:
             quality[it] = {s: mining_scores([], sparse, hidden) for s in SELECTIONS}
-    quality = dict(sorted(quality.items()))
-    return quality, sparse, hidden
+        if it not in queue:
+            queue[it] = queue_scores([], sparse, hidden)
+    return dict(sorted(quality.items())), dict(sorted(queue.items())), sparse, hidden
 
 
 def anchors(run_dir: Path, sparse: dict, hidden: dict, checkpoint, device: str,
@@ -205,6 +217,23 @@ def print_mining(quality: dict, extra: dict | None) -> None:
             print(_mining_row(name, m, "anchor"))
 
 
+def print_queue(queue: dict) -> None:
+    from comining.queue_metrics import effort_line
+
+    print("review queue (erased objects found by reviewing items in queue order; object level: "
+          "any class):")
+    print(f"  {'checkpoint':>10} {'items':>7} {'erased':>7} {'AP':>6} {'AP cls':>6}"
+          f" {'@0.5x':>6} {'@1x':>6} {'@2x':>6} {'R@P>=.9':>8}")
+    for it, q in queue.items():
+        o = q["object"]
+        print(f"  {it:>10} {q['n_items']:>7} {q['n_erased']:>7} {_fmt(o['ap'], 2):>6}"
+              f" {_fmt(q['class']['ap'], 2):>6} {o['found_at']['0.5']:>6} {o['found_at']['1']:>6}"
+              f" {o['found_at']['2']:>6} {_fmt(o['recall_at_p90'], 2):>8}")
+    if queue:
+        last = list(queue)[-1]
+        print(f"  at checkpoint {last}: {effort_line(queue[last])}")
+
+
 def run(args) -> int:
     from comining.fileio import atomic_write_json
 
@@ -234,15 +263,17 @@ def run(args) -> int:
         result.update({"ann": args.ann, "checkpoint": checkpoint or "last", **ap})
         print_ap(ap, checkpoint)
     if args.hidden:
-        quality, sparse, hidden = mining(run_dir, args.hidden, checkpoint)
+        quality, queue, sparse, hidden = mining(run_dir, args.hidden, checkpoint)
         extra = None
         if args.anchors:
             extra = anchors(run_dir, sparse, hidden, checkpoint, args.device, args.batch_size)
         result["hidden"] = args.hidden
         result["mining"] = {str(k): v for k, v in quality.items()}
+        result["queue"] = {str(k): v for k, v in queue.items()}
         if extra is not None:
             result["anchors"] = extra
         print_mining(quality, extra)
+        print_queue(queue)
     if args.json:
         atomic_write_json(args.json, result, indent=1)
         print(f"wrote {args.json}")

@@ -7,6 +7,9 @@ import argparse
 from comining.config import AUGMENTS_HELP, BACKBONES, DETECTORS, METHODS
 
 
+from comining.cli.options import add_review_mining_args, review_mining_from_args
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a co-mining detector; mine the training set at every checkpoint",
@@ -65,6 +68,7 @@ def register(subparsers) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
                    help="bf16 autocast (auto: on CUDA); decoding, losses and NMS stay fp32")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_review_mining_args(p)
     p.set_defaults(func=run)
 
 
@@ -80,7 +84,8 @@ def config_from_args(args):
         image_size=args.image_size, checkpoint_every=args.checkpoint_every,
         weights_backbone=args.weights_backbone, init=args.init, device=args.device, seed=args.seed,
         lr=args.lr, num_workers=args.workers, log_every=args.log_every, mine=not args.no_mine,
-        hidden=args.hidden, thresholds=thresholds, amp=args.amp)
+        hidden=args.hidden, thresholds=thresholds, amp=args.amp,
+        review=review_mining_from_args(args))
 
 
 def run(args) -> int:

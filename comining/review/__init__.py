@@ -10,26 +10,27 @@ Vocabulary
 ----------
 candidate   one row of the store's `candidates` table: a box one view mined at one
             checkpoint.
-item        what an annotator reviews: the candidates of one image at one checkpoint
-            grouped so that one object gives one item. Greedy by score, a candidate
-            joins the item of its agreed partner, else the first item of the same
-            class whose top box it overlaps with IoU >= 0.5. An item's `id` is its
-            top-scoring candidate's id (the one decisions point to); its `view` is
-            'both' when both views found it, else the one view that did.
+item        what an annotator reviews: one row of the store's `objects` table, an object
+            of one image at one checkpoint (comining.objects: both views' boxes of any
+            class grouped at IoU >= 0.5, a fused box, ranked class alternatives, a
+            ranking score from both views). Its `id` is its best candidate's id (the
+            one decisions point to); its `view` is 'both' when both views found it,
+            else the one view that did; `on_label` marks an object overlapping a label
+            of another class (kept apart from the missing-object queue).
 decision    an append-only row of `decisions` (accepted | rejected, with the decided
             class and box: an edited box keeps its candidate id). Undo marks rows undone.
 
 An item is *decided* by the latest non-undone decision that covers it: one made on
-one of its candidates, or one on the same image for a same-class box with IoU >= 0.5
-(the decided box or its candidate's box). So a box rejected at checkpoint 2 is not
-proposed again at checkpoint 4, unless `include_rejected=True`, which ignores
-rejections made on other candidates. Export uses the same rule (the latest decision
-about an object wins), see `effective_decisions`.
+one of its candidates, or one on the same image whose box (the decided box or its
+object's box) overlaps it with IoU >= 0.5, WHATEVER THE CLASSES: decisions follow
+objects. So an object rejected at checkpoint 2 is not proposed again at checkpoint 4
+even when the detector now gives it another class, unless `include_rejected=True`,
+which ignores rejections made on other candidates. Export uses the same rule (the
+latest decision about an object wins), see `effective_decisions`.
 
 Decision links are checked against the checkpoint's `mined_at`: a checkpoint that is
-re-mined after a decision gets new candidate rows (whose ids SQLite may reuse), so a
-link to a candidate mined after the decision is ignored and the decision falls back to
-its own class and box.
+re-mined after a decision gets new candidate rows, so a link to a candidate mined after
+the decision is ignored and the decision falls back to its own class and box.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from __future__ import annotations
 from comining.review.boxes import clean_box, clean_boxes, iou, iou_matrix
 from comining.review.draw import crop, crops, describe, item_at, render
 from comining.review.items import (
-    all_items, build_items, decide_items, decisions, effective_decisions, group_items,
-    grouped_items, image_items, queue, queue_items,
+    all_items, decide_items, decisions, effective_decisions, grouped_items, image_items,
+    object_items, queue, queue_items,
 )
 from comining.review.records import (
-    COLOURS, IOU_SAME, LAYERS, SORTS, STATES, VIEW_KINDS, VIEW_LABELS, Decision,
+    COLOURS, IOU_SAME, LABELLED, LAYERS, SORTS, STATES, VIEW_KINDS, VIEW_LABELS, Decision,
     Filters, Item, QueueEntry,
 )
 from comining.review.run import Run, open_run
@@ -53,11 +54,11 @@ from comining.review.writing import (
 )
 
 __all__ = [
-    "all_items", "batch_accept", "batch_candidates", "build_items", "clean_box",
+    "all_items", "batch_accept", "batch_candidates", "clean_box",
     "clean_boxes", "COLOURS", "CountChanged", "crop", "crops", "decide", "decide_items",
     "decide_many", "Decision", "decision_counts", "decisions", "describe",
-    "effective_decisions", "Filters", "group_items", "grouped_items", "image_items",
-    "iou", "iou_matrix", "IOU_SAME", "Item", "item_at", "LAYERS", "mining_quality",
+    "effective_decisions", "Filters", "grouped_items", "image_items", "object_items",
+    "iou", "iou_matrix", "IOU_SAME", "LABELLED", "Item", "item_at", "LAYERS", "mining_quality",
     "open_run", "plot_data", "plot_figures", "progress", "queue", "queue_items",
     "QueueEntry", "read_metrics", "render", "Run", "SORTS", "STATES", "undo",
     "VIEW_KINDS", "VIEW_LABELS",

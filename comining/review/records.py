@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 from comining.errors import InputError
 
-IOU_SAME = 0.5                      # same object: same class and IoU >= this
+IOU_SAME = 0.5                      # same object: IoU >= this, whatever the classes
 VIEW_KINDS = ("original", "augmented", "both")
 STATES = ("pending", "accepted", "rejected")
+# Which objects the queue shows: those that may be missing labels (the default), those
+# that overlap a label of another class (where a label may carry the wrong class), or all.
+LABELLED = ("missing", "on_label", "all")
 LAYERS = ("annotated", "original", "augmented", "both", "decided")
 SORTS = ("score", "agreement")
 
@@ -82,10 +85,17 @@ class Item:
     box: tuple[float, float, float, float]
     score: float
     view: str
-    agreement: float
-    member_ids: tuple[int, ...]
+    agreement: float                  # the weaker view's best score (0: one view only)
+    member_ids: tuple[int, ...]       # its candidates (each view's own boxes)
+    classes: tuple[tuple[int, float], ...] = ()   # class alternatives, best first
+    on_label: int | None = None       # class of the annotation it overlaps, if any
     state: str = "pending"
     decision: Decision | None = None
+
+    @property
+    def alternatives(self) -> tuple[tuple[int, float], ...]:
+        """(category_id, score) best first; at least the item's own class."""
+        return self.classes or ((self.category_id, self.score),)
 
     @property
     def shown_category(self) -> int:
@@ -108,10 +118,12 @@ class Filters:
     states: tuple[str, ...] = ("pending",)
     include_rejected: bool = False
     sort: str = "score"
+    labelled: str = "missing"
 
     def __post_init__(self):
         bad = [v for v in self.views if v not in VIEW_KINDS]
         bad += [s for s in self.states if s not in STATES]
+        bad += [] if self.labelled in LABELLED else [self.labelled]
         if bad:
             raise InputError(None, f"unknown filter values {bad}")
         if self.sort not in SORTS:
@@ -121,7 +133,8 @@ class Filters:
         return ((not self.classes or item.category_id in self.classes)
                 and (not self.views or item.view in self.views)
                 and self.score_min - 1e-9 <= item.score <= self.score_max + 1e-9
-                and (not self.states or item.state in self.states))
+                and (not self.states or item.state in self.states)
+                and (self.labelled == "all" or (item.on_label is None) == (self.labelled == "missing")))
 
     def key(self, item: Item):
         """Sort key, best first."""

@@ -14,8 +14,12 @@ from comining.review.run import Run
 
 def _insert(conn, run: Run, candidate_id: int, decision: str, client: str | None, when: str,
             category_id: int | None = None, box=None) -> int:
-    row = conn.execute("SELECT image_id, category_id, x, y, w, h FROM candidates WHERE id = ?",
-                       (candidate_id,)).fetchone()
+    # an item's id is its object's (= its best candidate's); a decision on it takes the
+    # object's fused box and best class unless edited
+    row = (conn.execute("SELECT image_id, category_id, x, y, w, h FROM objects WHERE id = ?",
+                        (candidate_id,)).fetchone()
+           or conn.execute("SELECT image_id, category_id, x, y, w, h FROM candidates WHERE id = ?",
+                           (candidate_id,)).fetchone())
     if row is None:
         raise InputError(None, f"candidate {candidate_id} no longer exists (was its checkpoint "
                                f"re-mined?); reload the page")

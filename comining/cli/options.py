@@ -1,0 +1,31 @@
+"""Options shared by several commands: the recall-first mining for review (train, mine)."""
+
+from __future__ import annotations
+
+
+def add_review_mining_args(p) -> None:
+    g = p.add_argument_group("mining for review (recall first; training's co-generation keeps "
+                             "the paper's --score-thresh/--nms-iou/--gt-iou)")
+    g.add_argument("--review-score-floor", type=float, metavar="S",
+                   help="a box of either view above this class score is a candidate (default 0.05)")
+    g.add_argument("--review-max-objects", type=int, metavar="N",
+                   help="objects kept per image, best ranked (default 30)")
+    g.add_argument("--review-rank", choices=("mean", "max", "min", "noisy_or", "geometric"),
+                   help="an object's ranking score from the two views' best scores (default mean)")
+    g.add_argument("--label-iou", type=float, metavar="IOU",
+                   help="an object overlapping an annotation of any class at this IoU is not a "
+                        "missing object (default 0.5)")
+
+
+def review_mining_from_args(args, base=None):
+    """A ReviewMining from `base` (default: the defaults) with the flags given."""
+    import dataclasses
+
+    from comining.config import ReviewMining
+
+    changes = {name: getattr(args, arg) for name, arg in (
+        ("score_floor", "review_score_floor"), ("max_objects", "review_max_objects"),
+        ("rank", "review_rank"), ("label_iou", "label_iou")) if getattr(args, arg, None) is not None}
+    review = dataclasses.replace(base or ReviewMining(), **changes)
+    review.validate()
+    return review

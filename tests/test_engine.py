@@ -12,7 +12,7 @@ from comining import siamese, store
 from comining.config import METHODS, MiningThresholds, TrainConfig
 from comining.engine import list_checkpoints, load_checkpoint, train
 from comining.errors import CominingError, InputError
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, run_cli, write_json
 
 torch.set_num_threads(2)
 
@@ -98,6 +98,45 @@ def test_training_step_feeds_each_view_the_other_views_pseudo_boxes(tiny_dataset
     n_ann = len(batch.targets[0]["boxes"])
     assert out.targets["original"][0]["boxes"][n_ann:, 0].tolist() == [from_augmented]
     assert out.targets["augmented"][0]["boxes"][n_ann:, 0].tolist() == [from_original]
+
+
+def test_crowd_region_suppresses_pseudo_boxes_in_a_training_step(tmp_path, monkeypatch, one_thread):
+    """Through a real co-mining step on a dataset with a crowd annotation: a confident
+    detection inside the crowd region never becomes a target, the same detection outside
+    it does, and the crowd region itself is no target either."""
+    import numpy as np
+    from PIL import Image
+
+    from comining.coco import load_coco
+    from comining.data import collate
+    from comining.engine import RunContext
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    ann = write_json(tmp_path / "ann.json", {
+        "images": [{"id": 1, "file_name": "a.png", "width": 128, "height": 128}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 16, 16], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [64, 0, 64, 64], "iscrowd": 1}]})
+    inside, outside = [72.0, 8.0, 104.0, 40.0], [8.0, 80.0, 40.0, 112.0]
+
+    def confident(detector, head, anchors, per_level, sizes, **kwargs):
+        return [{"boxes": torch.tensor([inside, outside]), "scores": torch.tensor([0.9, 0.9]),
+                 "labels": torch.tensor([0, 0])} for _ in sizes]
+
+    monkeypatch.setattr(siamese, "view_detections", confident)
+    cfg = tiny_config(tmp_path, tmp_path / "run", images=str(tmp_path / "images"), ann=str(ann),
+                      image_size=128)   # 128 px images at 128 px: network pixels = image pixels
+    ctx = RunContext(cfg, tmp_path / "run", load_coco(cfg.ann, cfg.images), torch.device("cpu"))
+    batch = collate([ctx.train_dataset[0]])
+    out = siamese.training_step(ctx.dense, batch, "comining", cfg.thresholds, lambda img: img)
+    assert out.pseudo_counts == {"original": 1, "augmented": 1}
+    for view in ("original", "augmented"):
+        t = out.targets[view][0]
+        assert t["boxes"].tolist() == [[8.0, 8.0, 24.0, 24.0], outside], view
+        assert t["labels"].tolist() == [0, 0]
+    assert torch.isfinite(out.loss)
 
 
 def test_config_scales_the_papers_schedule():

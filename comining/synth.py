@@ -15,6 +15,13 @@ the tight box of the instance's visible pixels.
 Every image is drawn from its own generator seeded by (seed, split, index), so the
 output is byte-identical for the same arguments whatever the number of worker
 processes, and the val split does not change when only --train changes.
+
+Crowd annotations (`crowd` > 0, default 0: none): in that fraction of the images (each
+image decides by its own generator seeded by (seed, split, index, 1), so the pixels
+never change), every instance of one class present in the image (chosen by the same
+generator) is labelled by ONE COCO crowd annotation instead: `iscrowd: 1`, the class,
+the box covering those instances, their pixel count as `area`. It follows the image's
+other annotations.
 """
 
 from __future__ import annotations
@@ -308,6 +315,33 @@ def _check_int(name: str, value, lo: int, hi: int | None = None, why: str = "") 
     return int(value)
 
 
+def check_crowd(crowd, *, prefix: str = "") -> float:
+    """The fraction of images given a crowd annotation: a number within [0, 1]."""
+    if isinstance(crowd, bool) or not isinstance(crowd, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(crowd) <= 1.0:
+        raise InputError(None, f"{prefix}crowd must be a fraction of the images within [0, 1], "
+                               f"got {crowd!r}")
+    return float(crowd)
+
+
+def _crowd_of(instances, seed: int, split: str, index: int, crowd: float):
+    """(instances kept as plain annotations, the crowd annotation's (class, box, area) or
+    None) for one image; see the module docstring."""
+    if crowd <= 0 or not instances:
+        return instances, None
+    rng = np.random.default_rng([seed, _SPLIT_CODE[split], index, 1])
+    if rng.random() >= crowd:
+        return instances, None
+    cls = int(rng.choice(sorted({c for c, _, _ in instances})))
+    members = [(b, a) for c, b, a in instances if c == cls]
+    x0 = min(b[0] for b, _ in members)
+    y0 = min(b[1] for b, _ in members)
+    x1 = max(b[0] + b[2] for b, _ in members)
+    y1 = max(b[1] + b[3] for b, _ in members)
+    return ([inst for inst in instances if inst[0] != cls],
+            (cls, [x0, y0, x1 - x0, y1 - y0], float(sum(a for _, a in members))))
+
+
 def check_args(train, val, size, classes, seed, *, prefix: str = "") -> tuple[int, ...]:
     """Validate generate()'s settings (InputError, exit 2); `prefix` "--" names CLI flags."""
     return (_check_int(prefix + "train", train, 0),
@@ -330,12 +364,16 @@ def _auto_workers(n_images: int) -> int:
 
 
 def generate(out_dir, *, train: int = 300, val: int = 60, size: int = 256, classes: int = 4,
-             seed: int = 0, workers: int | None = None) -> dict:
-    """Write the dataset into `out_dir`; returns per-split image and annotation counts.
+             seed: int = 0, workers: int | None = None, crowd: float = 0.0) -> dict:
+    """Write the dataset into `out_dir`; returns per-split image and annotation counts
+    (crowd annotations included; `crowd` per split counts them alone).
 
-    `workers` (default: automatic) only changes the speed, never the output.
+    `workers` (default: automatic) only changes the speed, never the output. `crowd`: the
+    fraction of images where one class's instances become one crowd annotation (module
+    docstring); 0 (the default) writes none and leaves the files as they always were.
     """
     train, val, size, classes, seed = check_args(train, val, size, classes, seed)
+    crowd = check_crowd(crowd)
     if workers is not None:
         workers = _check_int("workers", workers, 1)
     out = Path(out_dir)
@@ -362,27 +400,40 @@ def generate(out_dir, *, train: int = 300, val: int = 60, size: int = 256, class
                   for c in range(classes)]
     summary = {"out_dir": str(out), "size": size, "classes": [SHAPES[c] for c in range(classes)],
                "seed": seed}
+    info = {"description": "comining synth: shapes on cluttered backgrounds",
+            "version": "1", "seed": seed, "size": size, "classes": classes}
+    if crowd > 0:
+        info["crowd"] = crowd
     pos = 0
     for split, n in counts.items():
         images, annotations = [], []
+        n_crowd = 0
         for i in range(1, n + 1):
             images.append({"id": i, "file_name": f"{split}/{i:06d}.png",
                            "width": size, "height": size})
-            for cls, bbox, area in results[pos]:
+            plain, crowd_ann = _crowd_of(results[pos], seed, split, i, crowd)
+            for cls, bbox, area in plain:
                 annotations.append({"id": len(annotations) + 1, "image_id": i,
                                     "category_id": cls + 1, "bbox": bbox, "area": area,
                                     "iscrowd": 0})
+            if crowd_ann is not None:
+                cls, bbox, area = crowd_ann
+                annotations.append({"id": len(annotations) + 1, "image_id": i,
+                                    "category_id": cls + 1, "bbox": bbox, "area": area,
+                                    "iscrowd": 1})
+                n_crowd += 1
             pos += 1
         _remove_stale(out / "images" / split, n)
         atomic_write_json(out / "annotations" / f"{split}.json", {
-            "info": {"description": "comining synth: shapes on cluttered backgrounds",
-                     "version": "1", "seed": seed, "size": size, "classes": classes},
+            "info": info,
             "licenses": [],
             "images": images,
             "annotations": annotations,
             "categories": categories,
         })
         summary[split] = {"images": n, "annotations": len(annotations)}
+        if crowd > 0:
+            summary[split]["crowd"] = n_crowd
     return summary
 
 

@@ -63,6 +63,9 @@ def test_crowd_boxes_are_kept_apart(tmp_path, image_dir):
                                 "iscrowd": 1})
     ds = load_coco(write_json(tmp_path / "ann.json", data), image_dir)
     assert len(ds.images[0].boxes) == 1 and len(ds.images[0].crowd_boxes) == 1
+    np.testing.assert_allclose(ds.images[0].crowd_boxes, [[30, 10, 50, 30]])   # xywh -> xyxy
+    np.testing.assert_allclose(ds.images[0].boxes, [[4, 4, 24, 14]])           # only the other one
+    assert ds.images[0].annotation_ids.tolist() == [10]
 
 
 def test_slightly_outside_box_is_clipped(tmp_path, image_dir):

@@ -52,6 +52,36 @@ def test_overlap_at_or_below_gt_iou_keeps_the_box():
     assert kept(b, [0.9], [3], gt=boxes([5, 0, 15, 10]), gl=torch.tensor([3])) == [0]
 
 
+def plain_iou(a, b):
+    """IoU of two xyxy boxes in plain Python (no code under test)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def test_exact_thresholds_follow_the_strict_rules():
+    """tau: score == tau is dropped (rule: score > tau); theta1: two boxes overlapping
+    with IoU exactly theta1 both survive NMS (suppressed only above it); theta2: IoU
+    exactly 0.4 with a same-class annotation keeps the box (dropped only above it)."""
+    # tau: 0.6 exactly is dropped, the next float up is kept
+    above = float(torch.nextafter(torch.tensor(0.6), torch.tensor(1.0)))
+    assert kept(boxes([0, 0, 10, 10], [20, 20, 30, 30]), [0.6, above], [0, 0]) == [1]
+    # theta1 = 0.5: a 10x10 box and the 10x5 box inside it: IoU = 50 / 100
+    big, half = [0, 0, 10, 10], [0, 0, 10, 5]
+    assert plain_iou(big, half) == 0.5 == T.nms_iou
+    assert kept(boxes(big, half), [0.9, 0.8], [1, 1]) == [0, 1]
+    # ... and just above theta1 (10x6 inside 10x10: IoU 0.6) the weaker box goes
+    assert kept(boxes(big, [0, 0, 10, 6]), [0.9, 0.8], [1, 1]) == [0]
+    # theta2 = 0.4: a 10x10 pseudo box and a 10x4 same-class annotation inside it
+    ann = [0, 0, 10, 4]
+    assert plain_iou(big, ann) == 0.4 == T.gt_iou
+    assert kept(boxes(big), [0.9], [3], gt=boxes(ann), gl=torch.tensor([3])) == [0]
+    # ... and just above theta2 (a 10x5 annotation: IoU 0.5) it is dropped
+    assert kept(boxes(big), [0.9], [3], gt=boxes(half), gl=torch.tensor([3])) == []
+
+
 def test_boxes_inside_crowd_regions_are_dropped():
     b = boxes([10, 10, 20, 20], [100, 100, 120, 120])
     assert kept(b, [0.9, 0.9], [0, 0], crowd=boxes([0, 0, 50, 50])) == [1]

@@ -12,7 +12,7 @@ from comining import siamese, store
 from comining.config import METHODS, MiningThresholds, TrainConfig
 from comining.engine import list_checkpoints, load_checkpoint, train
 from comining.errors import CominingError, InputError
-from conftest import assert_clean_error, run_cli
+from conftest import assert_clean_error, run_cli, write_json
 
 torch.set_num_threads(2)
 
@@ -98,6 +98,90 @@ def test_training_step_feeds_each_view_the_other_views_pseudo_boxes(tiny_dataset
     n_ann = len(batch.targets[0]["boxes"])
     assert out.targets["original"][0]["boxes"][n_ann:, 0].tolist() == [from_augmented]
     assert out.targets["augmented"][0]["boxes"][n_ann:, 0].tolist() == [from_original]
+
+
+def test_crowd_region_suppresses_pseudo_boxes_in_a_training_step(tmp_path, monkeypatch, one_thread):
+    """Through a real co-mining step on a dataset with a crowd annotation: a confident
+    detection inside the crowd region never becomes a target, the same detection outside
+    it does, and the crowd region itself is no target either."""
+    import numpy as np
+    from PIL import Image
+
+    from comining.coco import load_coco
+    from comining.data import collate
+    from comining.engine import RunContext
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    ann = write_json(tmp_path / "ann.json", {
+        "images": [{"id": 1, "file_name": "a.png", "width": 128, "height": 128}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 16, 16], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [64, 0, 64, 64], "iscrowd": 1}]})
+    inside, outside = [72.0, 8.0, 104.0, 40.0], [8.0, 80.0, 40.0, 112.0]
+
+    def confident(detector, head, anchors, per_level, sizes, **kwargs):
+        return [{"boxes": torch.tensor([inside, outside]), "scores": torch.tensor([0.9, 0.9]),
+                 "labels": torch.tensor([0, 0])} for _ in sizes]
+
+    monkeypatch.setattr(siamese, "view_detections", confident)
+    cfg = tiny_config(tmp_path, tmp_path / "run", images=str(tmp_path / "images"), ann=str(ann),
+                      image_size=128)   # 128 px images at 128 px: network pixels = image pixels
+    ctx = RunContext(cfg, tmp_path / "run", load_coco(cfg.ann, cfg.images), torch.device("cpu"))
+    batch = collate([ctx.train_dataset[0]])
+    out = siamese.training_step(ctx.dense, batch, "comining", cfg.thresholds, lambda img: img)
+    assert out.pseudo_counts == {"original": 1, "augmented": 1}
+    for view in ("original", "augmented"):
+        t = out.targets[view][0]
+        assert t["boxes"].tolist() == [[8.0, 8.0, 24.0, 24.0], outside], view
+        assert t["labels"].tolist() == [0, 0]
+    assert torch.isfinite(out.loss)
+
+
+def test_config_scales_the_papers_schedule():
+    """The paper's 90k schedule (1k warm-up, steps at 60k/80k, lr 0.01 at batch 16) and its
+    scaled forms."""
+    def cfg(**kw):
+        return TrainConfig(images="i", ann="a.json", run="r", **kw)
+    paper = cfg(iters=90_000, batch_size=16)
+    assert (paper.warmup, paper.lr_steps, paper.base_lr) == (1000, (60_000, 80_000), 0.01)
+    short = cfg(iters=1200, batch_size=8)
+    # 1200/90 = 13 iterations, raised to 10% of the run (capped at 100); 800 = 1200*60/90,
+    # 1066.7 = 1200*80/90 rounds to 1067; lr 0.01 * 8/16
+    assert (short.warmup, short.lr_steps, short.base_lr) == (100, (800, 1067), 0.005)
+    assert cfg(iters=9, warmup_iters=4, lr=0.2).warmup == 4 and cfg(iters=9, lr=0.2).base_lr == 0.2
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy 2-core machine two threads mostly wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_learning_rate_schedule_of_a_training_run(tiny_dataset, tmp_path, monkeypatch, one_thread):
+    """The lr each optimizer step of a real run uses, and the lr metrics.jsonl logs: linear
+    warm-up from 0.001 x base, then base, x0.1 at 60/90 and again at 80/90 of the run."""
+    used = []
+    real_step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    run = train(tiny_config(tiny_dataset, tmp_path / "run", method="original", iters=9,
+                            warmup_iters=4, checkpoint_every=9), progress=False)
+    base = 0.01 * 2 / 16                     # the paper's 0.01 at batch 16, at batch 2
+    # iteration i: warm-up 0.001 + 0.999 * i / 4 for i < 4; steps at 9*60/90 = 6, 9*80/90 = 8
+    factor = [0.001, 0.25075, 0.5005, 0.75025, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+    assert used == pytest.approx([base * f for f in factor[:9]], rel=1e-9, abs=0)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # a row is written after the step of its iteration: the lr of the next one
+    assert [r["lr"] for r in rows] == pytest.approx([base * f for f in factor[1:]], rel=1e-9, abs=0)
 
 
 def test_checkpoint_round_trip_and_store(tiny_dataset, tmp_path):

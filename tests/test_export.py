@@ -148,14 +148,86 @@ def test_a_box_empty_inside_its_image_is_dropped_and_counted(info, tmp_path):
     assert "1 empty once clipped to the image, dropped" in export.summary_line(s)
 
 
+# A checkpoint written by hand (xywh boxes, 480x360 images): per object, its candidates
+# as (view, box, score); two views = an agreed pair.
+HAND = {
+    "A": (1, 1, [("original", [20, 20, 60, 60], 0.80), ("augmented", [22, 20, 60, 60], 0.78)]),
+    "B": (1, 1, [("original", [200, 20, 60, 60], 0.65), ("augmented", [200, 22, 60, 60], 0.63)]),
+    "C": (1, 1, [("original", [20, 200, 60, 60], 0.95)]),
+    "F": (1, 2, [("original", [300, 200, 60, 60], 0.55)]),
+    "D": (2, 1, [("original", [20, 20, 60, 60], 0.90), ("augmented", [20, 20, 62, 60], 0.88)]),
+    "E": (2, 1, [("original", [200, 200, 80, 60], 0.75), ("augmented", [202, 200, 80, 60], 0.73)]),
+}
+HAND_CHECKPOINT = 300
+
+
+@pytest.fixture
+def hand(tmp_path):
+    """A run whose only mined checkpoint is HAND; yields (run, candidate id of (object, view))."""
+    from review_fixtures import THRESHOLDS
+    info = make_run(tmp_path / "hand", n_images=2, checkpoints=())
+    cands = []
+    for name, (image_id, cat, views) in HAND.items():
+        for view, box, score in views:
+            other = "augmented" if view == "original" else "original"
+            cands.append({"key": (name, view), "image_id": image_id, "category_id": cat,
+                          "bbox": box, "score": score, "view": view, "agreed": len(views) == 2,
+                          "partner_key": (name, other) if len(views) == 2 else None})
+    conn = store.connect(info.run_dir / store.STORE_NAME)
+    store.replace_checkpoint_candidates(conn, iteration=HAND_CHECKPOINT, path="checkpoints/x.pt",
+                                        thresholds=THRESHOLDS, candidates=cands)
+    ids = {}
+    for name, (image_id, _, views) in HAND.items():
+        for view, box, _ in views:
+            ids[(name, view)] = conn.execute(
+                "SELECT id FROM candidates WHERE image_id = ? AND view = ? AND x = ? AND y = ? "
+                "AND w = ?", (image_id, view, *box[:3])).fetchone()[0]
+    conn.close()
+    r = review.open_run(info.run_dir)
+    yield r, ids
+    r.close()
+
+
+def exported(out) -> dict:
+    """{(image_id, category_id, bbox): provenance} of the boxes an export added."""
+    _, new = new_annotations(out)
+    got = {(x["image_id"], x["category_id"], tuple(x["bbox"])): x["comining"] for x in new}
+    assert len(got) == len(new)
+    return got
+
+
+def hand_box(name, view="original"):
+    image_id, cat, views = HAND[name]
+    return image_id, cat, tuple(float(v) for v in next(b for v_, b, _ in views if v_ == view))
+
+
+def test_agreed_and_all_accept_automatically_by_hand(hand, tmp_path):
+    """agreed: the undecided agreed objects with score >= min-score; all: every undecided
+    object; a rejected object never (expected boxes from the hand-written checkpoint)."""
+    run, ids = hand
+    review.decide(run, ids[("D", "original")], "rejected", client="t")
+    out = tmp_path / "agreed.json"
+    s = export.export_run(run, out, accept="agreed", min_score=0.7)
+    got = exported(out)
+    assert set(got) == {hand_box("A"), hand_box("E")}
+    assert [(got[hand_box(n)]["score"], got[hand_box(n)]["view"], got[hand_box(n)]["decision"])
+            for n in "AE"] == [(0.8, "both", "auto"), (0.75, "both", "auto")]
+    assert (s["added"], s["auto"], s["human"], s["rejected"]) == (2, 2, 0, 1)
+    export.export_run(run, out, accept="all", min_score=0.0)
+    assert set(exported(out)) == {hand_box(n) for n in "ABCEF"}
+    export.export_run(run, out, accept="all", min_score=0.7)
+    assert set(exported(out)) == {hand_box(n) for n in "ACE"}
+
+
 def test_agreed_and_all_accept_automatically(run, tmp_path):
-    agreed = review.batch_candidates(run, 200, 0.7)
+    """On the fixture's run (16 objects at checkpoint 200: 4 images x (3 mined + 1 false
+    positive)): one rejected, every other exported by `all`; `checkpoint` chooses."""
+    agreed = review.queue_items(run, 200, review.Filters(views=("both",)))
     rejected = agreed[0]
     review.decide(run, rejected.id, "rejected", client="t")
     out = tmp_path / "agreed.json"
-    s = export.export_run(run, out, accept="agreed", min_score=0.7)
+    export.export_run(run, out, accept="agreed", min_score=0.7)
     _, new = new_annotations(out)
-    assert s["auto"] == len(agreed) - 1 == len(new)
     assert all(x["comining"]["decision"] == "auto" and x["comining"]["view"] == "both"
                and x["comining"]["score"] >= 0.7 for x in new)
     assert rejected.box not in [tuple(x["bbox"]) for x in new]
@@ -171,6 +243,55 @@ def test_agreed_and_all_accept_automatically(run, tmp_path):
         export.export_run(run, tmp_path / "x.json", accept="all", checkpoint=150)
     with pytest.raises(InputError, match="min-score"):
         export.export_run(run, tmp_path / "x.json", accept="all", min_score=2)
+
+
+def test_min_score_never_drops_a_human_accept(hand, tmp_path, capsys):
+    """`export --accept agreed --min-score 0.9`: a human accept scored 0.55 is exported (the
+    docs: min-score filters only the automatic accepts), next to the one agreed object
+    scored >= 0.9."""
+    run, ids = hand
+    review.decide(run, ids[("F", "original")], "accepted", client="t")
+    out = tmp_path / "e.json"
+    assert main(["export", "--run", str(run.dir), "--out", str(out), "--accept", "agreed",
+                 "--min-score", "0.9"]) == 0
+    got = exported(out)
+    assert set(got) == {hand_box("F"), hand_box("D")}
+    assert (got[hand_box("F")]["decision"], got[hand_box("F")]["score"]) == ("accepted", 0.55)
+    assert (got[hand_box("D")]["decision"], got[hand_box("D")]["score"]) == ("auto", 0.9)
+    assert "added 2 boxes (1 reviewed, 1 automatic" in capsys.readouterr().out
+
+
+def test_both_views_boxes_of_one_object_export_once(hand, tmp_path):
+    """Accepting the original view's and the augmented view's box of one object gives one
+    annotation in the written file."""
+    run, ids = hand
+    review.decide(run, ids[("A", "original")], "accepted", client="t")
+    review.decide(run, ids[("A", "augmented")], "accepted", client="t")
+    out = tmp_path / "e.json"
+    export.export_run(run, out)
+    got = exported(out)
+    assert len(got) == 1
+    assert next(iter(got)) in {hand_box("A"), hand_box("A", "augmented")}
+
+
+def test_export_run_merges_what_it_collects(hand, tmp_path, monkeypatch):
+    """Whatever the review layer hands over, the written file has one box per object: each
+    collected box given a twin from the other view (2 px off, lower score) still exports
+    each object once, with its better-scored box."""
+    run, _ = hand
+    real = export.collect
+
+    def with_twins(*args, **kwargs):
+        accepted, rejected = real(*args, **kwargs)
+        twins = [dict(r, bbox=[r["bbox"][0] + 2, *r["bbox"][1:]], score=r["score"] - 0.01,
+                      view="augmented", candidate_id=None) for r in accepted]
+        return accepted + twins, rejected
+
+    monkeypatch.setattr(export, "collect", with_twins)
+    out = tmp_path / "e.json"
+    s = export.export_run(run, out, accept="all")
+    assert set(exported(out)) == {hand_box(n) for n in "ABCDEF"}
+    assert (s["added"], s["merged_duplicates"]) == (6, 6)
 
 
 def test_refuses_to_overwrite_the_inputs(run, info, tmp_path):
@@ -205,7 +326,15 @@ def test_cli_export(info, tmp_path, capsys):
     load_with_pycocotools(out)
     assert main(["export", "--run", str(info.run_dir), "--out", str(out), "--accept", "agreed",
                  "--min-score", "0.9", "--checkpoint", "last"]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    _, new = new_annotations(out)
+    human = [x for x in new if x["comining"]["decision"] != "auto"]
+    auto = [x for x in new if x["comining"]["decision"] == "auto"]
+    assert [(x["image_id"], x["category_id"], tuple(x["bbox"])) for x in human] == \
+        [(it.image_id, it.category_id, tuple(round(v, 2) for v in it.box))]   # still there
+    assert all(x["comining"]["view"] == "both" and x["comining"]["score"] >= 0.9
+               and x["comining"]["checkpoint"] == 200 for x in auto)
+    assert f"added {len(new)} boxes (1 reviewed, {len(auto)} automatic" in printed
     assert main(["export", "--run", str(info.run_dir), "--out", str(info.ann_path)]) == 2
     err = capsys.readouterr().err
     assert "refusing to overwrite" in err and err.count("\n") == 1

@@ -554,9 +554,22 @@ def test_unusual_images_and_class_counts_train_mine_review_export(capsys, tmp_pa
         iw, ih = sizes[c["image_id"]]
         assert c["category_id"] in valid
         assert 0 <= x and 0 <= y and x + w <= iw + 1e-3 and y + h <= ih + 1e-3
-    code, _, err = cli(capsys, "predict", "--run", run, "--images", images, "--ann", ann,
-                       "--out", tmp_path / "d.json", "--device", "cpu")
+    code, printed, err = cli(capsys, "predict", "--run", run, "--images", images, "--ann", ann,
+                             "--out", tmp_path / "d.json", "--device", "cpu")
     assert code == 0, err
+    dets = json.loads((tmp_path / "d.json").read_text())
+    assert f"wrote {len(dets)} detections" in printed
+    # a 2-iteration detector scores little above predict's 0.05: the same detector with a
+    # lower threshold shows every image's boxes are in its own (original) pixels
+    from comining.predict import predict_dataset
+    low = predict_dataset(run, images, ann, device="cpu", num_workers=0, score_thresh=0.001)
+    assert {d["image_id"] for d in low} == set(sizes)
+    for d, floor in [(d, 0.05) for d in dets] + [(d, 0.001) for d in low]:
+        x, y, w, h = d["bbox"]
+        iw, ih = sizes[d["image_id"]]
+        assert d["category_id"] in valid and floor <= d["score"] <= 1
+        assert 0 <= x and 0 <= y and w >= 0 and h >= 0
+        assert x + w <= iw + 1e-3 and y + h <= ih + 1e-3, (d, iw, ih)
 
     r = review.open_run(run)
     try:

@@ -175,6 +175,12 @@ def test_undo_is_per_client_and_walks_back(run):
 def test_batch_accept_applies_exactly_the_previewed_count(run):
     preview = review.batch_candidates(run, 200, 0.8)
     assert preview and all(it.view == "both" and it.score >= 0.8 for it in preview)
+    # expected from the stored rows: the agreed objects whose original-view box (the best
+    # scored one: the fixture scores the augmented copy 0.97 x) scores >= 0.8
+    rows = run.conn.execute("SELECT image_id, x, y, w, h FROM candidates WHERE checkpoint = 200"
+                            " AND view = 'original' AND agreed = 1 AND score >= 0.8").fetchall()
+    assert sorted((it.image_id, tuple(it.box)) for it in preview) == \
+        sorted((r[0], tuple(r)[1:]) for r in rows)
     with pytest.raises(review.CountChanged):
         review.batch_accept(run, 200, 0.8, client="b", expected=len(preview) + 1)
     assert run.conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
@@ -350,7 +356,26 @@ def test_plot_data_without_hidden_file(tmp_path):
     data = review.plot_data(r)
     assert data["quality"] is None and "hidden file" in data["quality_note"]
     assert data["metrics"] == []
-    review.plot_figures(data)
+    figs = review.plot_figures(data)
+    (losses,) = figs["losses"].axes
+    assert losses.get_lines() == [] and "no metrics.jsonl yet" in [t.get_text() for t in losses.texts]
+    (mined,) = figs["mined"].axes
+    # per image at checkpoint 100: original = patterns 0, 1 + a false positive, augmented =
+    # patterns 0, 2, agreed = pattern 0; at 200 pattern 1 is agreed too (4 images)
+    assert {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in mined.get_lines()} == {
+        "original view": ([100, 200], [12, 12]), "augmented view": ([100, 200], [8, 12]),
+        "agreed (both)": ([100, 200], [4, 8])}
+    (quality,) = figs["quality"].axes
+    assert any("hidden file" in t.get_text() for t in quality.texts) and not quality.get_lines()
+    # the losses plotted are the ones metrics.jsonl holds
+    (info.run_dir / "metrics.jsonl").write_text(
+        '{"iteration": 10, "loss": 2.5, "loss_original": 1.0, "loss_augmented": 1.5}\n'
+        '{"iteration": 20, "loss": 1.25, "loss_original": 0.5, "loss_augmented": 0.75}\n')
+    (losses,) = review.plot_figures(review.plot_data(r))["losses"].axes
+    lines = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata()))
+             for ln in losses.get_lines() if not ln.get_label().startswith("_")}
+    assert lines == {"loss": ([10, 20], [2.5, 1.25]), "loss original": ([10, 20], [1.0, 0.5]),
+                     "loss augmented": ([10, 20], [1.5, 0.75])}
     r.close()
 
 

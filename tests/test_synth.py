@@ -183,6 +183,94 @@ def test_rerun_with_fewer_images_drops_stale_pngs_and_empty_splits_are_valid(tmp
     assert not coco.imgs and not coco.anns
 
 
+# ------------------------------------------------------------------ crowd
+
+def _per_image(d: dict) -> dict[int, list[dict]]:
+    out = {im["id"]: [] for im in d["images"]}
+    for a in d["annotations"]:
+        out[a["image_id"]].append(a)
+    return out
+
+
+def _plain(anns):
+    return [(a["category_id"], a["bbox"], a["area"]) for a in anns]
+
+
+@pytest.fixture(scope="module")
+def crowd_ds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crowd") / "ds"
+    return root, synth.generate(root, workers=1, crowd=0.5, **SMALL)
+
+
+def test_crowd_replaces_one_class_of_some_images_by_one_crowd_box(ds, crowd_ds):
+    """--crowd 0.5: some images (not all) get ONE iscrowd annotation standing for every
+    instance of one class, its box covering exactly them and its area their pixels; the
+    images, the other images' and the other classes' annotations are those of the
+    crowd-free dataset of the same seed."""
+    plain_root, _ = ds
+    root, summary = crowd_ds
+    a, b = _files(plain_root), _files(root)
+    assert sorted(a) == sorted(b)
+    assert all(a[k] == b[k] for k in a if k.endswith(".png"))   # the pixels never change
+    for split in ("train", "val"):
+        plain, crowd = _load(plain_root, split), _load(root, split)
+        assert [x["id"] for x in crowd["annotations"]] == list(range(1, len(crowd["annotations"]) + 1))
+        assert crowd["info"]["crowd"] == 0.5 and "crowd" not in plain["info"]
+        before, after = _per_image(plain), _per_image(crowd)
+        n_crowd = 0
+        for image_id, anns in before.items():
+            crowds = [x for x in after[image_id] if x["iscrowd"] == 1]
+            rest = [x for x in after[image_id] if x["iscrowd"] == 0]
+            assert len(crowds) <= 1
+            if not crowds:
+                assert _plain(rest) == _plain(anns)
+                continue
+            n_crowd += 1
+            (c,) = crowds
+            members = [x for x in anns if x["category_id"] == c["category_id"]]
+            assert members and after[image_id][-1] is c
+            assert _plain(rest) == _plain([x for x in anns if x["category_id"] != c["category_id"]])
+            x0 = min(m["bbox"][0] for m in members)
+            y0 = min(m["bbox"][1] for m in members)
+            x1 = max(m["bbox"][0] + m["bbox"][2] for m in members)
+            y1 = max(m["bbox"][1] + m["bbox"][3] for m in members)
+            assert c["bbox"] == [x0, y0, x1 - x0, y1 - y0]
+            assert c["area"] == sum(m["area"] for m in members)
+        assert summary[split]["crowd"] == n_crowd
+        assert summary[split]["annotations"] == len(crowd["annotations"])
+        if split == "train":
+            assert 0 < n_crowd < len(before)          # 20 images at 0.5: some, not all
+
+
+def test_crowd_is_seeded_and_all_or_nothing_at_the_ends(crowd_ds, tmp_path):
+    """The same arguments give the same bytes whatever the workers; crowd 1 gives every
+    image a crowd annotation, crowd 0 none."""
+    root, _ = crowd_ds
+    synth.generate(tmp_path / "again", workers=3, crowd=0.5, **SMALL)
+    assert _files(tmp_path / "again") == _files(root)
+    small = dict(SMALL, train=4, val=0, size=64)
+    synth.generate(tmp_path / "all", crowd=1.0, **small)
+    per = _per_image(_load(tmp_path / "all", "train"))
+    assert [sum(a["iscrowd"] for a in anns) for anns in per.values()] == [1, 1, 1, 1]
+    synth.generate(tmp_path / "none", crowd=0, **small)
+    assert all(a["iscrowd"] == 0 for a in _load(tmp_path / "none", "train")["annotations"])
+    for bad in (-0.1, 1.01, float("nan"), "0.5", True):
+        with pytest.raises(InputError, match="crowd"):
+            synth.generate(tmp_path / "bad", crowd=bad, **small)
+
+
+def test_cli_crowd(crowd_ds, tmp_path):
+    """`comining synth --crowd P` writes what the library writes, and says how many crowds."""
+    root, summary = crowd_ds
+    out = tmp_path / "cli"
+    r = _cli("--out", str(out), "--crowd", "0.5", *[f"--{k}={v}" for k, v in SMALL.items()])
+    assert r.returncode == 0, r.stderr
+    assert f"{summary['train']['crowd']} crowd" in r.stdout
+    for split in ("train", "val"):
+        assert (out / f"annotations/{split}.json").read_bytes() == \
+            (root / f"annotations/{split}.json").read_bytes()
+
+
 # ------------------------------------------------------------------ CLI
 
 def test_cli_writes_the_same_dataset_as_the_library(ds, tmp_path):
@@ -199,7 +287,7 @@ def test_cli_writes_the_same_dataset_as_the_library(ds, tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["--classes", "0"], ["--classes", "99"], ["--size", "32"], ["--train", "-1"],
-    ["--val", "abc"], ["--seed", "-5"], [],
+    ["--val", "abc"], ["--seed", "-5"], [], ["--crowd", "1.5"], ["--crowd", "nan"],
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args):
     out = [] if not args else ["--out", str(tmp_path / "o")]

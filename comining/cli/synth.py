@@ -30,17 +30,28 @@ def register(subparsers) -> None:
                         f"order: {', '.join(synth.SHAPES)} (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="random seed; another seed gives another dataset (default %(default)s)")
+    p.add_argument("--crowd", type=float, default=0.0, metavar="P",
+                   help="fraction of images (0 to 1) where every instance of one class becomes "
+                        "a single COCO crowd annotation (iscrowd 1, the box covering them); "
+                        "seeded, the images are unchanged (default 0: no crowd)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     train, val, size, classes, seed = synth.check_args(
         args.train, args.val, args.size, args.classes, args.seed, prefix="--")
+    crowd = synth.check_crowd(args.crowd, prefix="--")
     start = time.perf_counter()
-    s = synth.generate(args.out, train=train, val=val, size=size, classes=classes, seed=seed)
+    s = synth.generate(args.out, train=train, val=val, size=size, classes=classes, seed=seed,
+                       crowd=crowd)
     took = time.perf_counter() - start
-    print(f"wrote {s['train']['images']} train images ({s['train']['annotations']} boxes) and "
-          f"{s['val']['images']} val images ({s['val']['annotations']} boxes), {size} px, "
+
+    def boxes(split):
+        n_crowd = s[split].get("crowd")
+        return f"{s[split]['annotations']} boxes" + (f", {n_crowd} crowd" if n_crowd is not None else "")
+
+    print(f"wrote {s['train']['images']} train images ({boxes('train')}) and "
+          f"{s['val']['images']} val images ({boxes('val')}), {size} px, "
           f"{classes} classes ({', '.join(s['classes'])}), seed {seed}, to {args.out} "
           f"in {took:.1f} s")
     return 0

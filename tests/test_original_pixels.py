@@ -115,19 +115,29 @@ def test_mined_box_lands_on_the_object_in_original_pixels(world, monkeypatch, fl
     """A candidate's bbox is where the object is in the image file as seen (resized,
     padded, flipped and EXIF-rotated inputs alike), for both views."""
     _, images, ann = world
+    seen = []
 
-    def fake_pseudo(*args, **kwargs):
-        batch = next(a for a in [*args, *kwargs.values()] if isinstance(a, Batch))
-        return oracle(batch.images)
+    class Recording(DenseForward):
+        def __call__(self, images):
+            seen.append(images)
+            return super().__call__(images)
 
-    monkeypatch.setattr(mining, "pseudo_boxes", fake_pseudo)
+    def fake_view_detections(detector, head, anchors, per_level, sizes, **kwargs):
+        # both views see the original images' objects (the network input holds the
+        # original view first, then the augmented one)
+        return oracle(seen[-1][:len(sizes)])
+
+    monkeypatch.setattr(mining, "view_detections", fake_view_detections)
     coco = load_coco(ann, images)
     dataset = (FlippingDataset if flip else DetectionDataset)(coco, SIZE)
     if flip:
         assert all(dataset[i].flipped for i in range(3))
-    cands = mining.mine_dataset(tiny_dense(), dataset, MiningThresholds.for_detector("retinanet"),
+    torch.manual_seed(0)
+    dense = Recording(build_detector("retinanet", "mobilenet_v3", 1, image_size=SIZE, fpn_channels=32))
+    cands = mining.mine_dataset(dense, dataset, MiningThresholds.for_detector("retinanet"),
                                 augment="color", device=torch.device("cpu"), batch_size=2,
                                 num_workers=0, seed=0)
+    assert seen   # the oracle did see the network's inputs
     for image_id, expected in EXPECTED.items():
         mine = [c for c in cands if c["image_id"] == image_id]
         assert sorted(c["view"] for c in mine) == ["augmented", "original"], image_id

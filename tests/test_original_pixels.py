@@ -18,7 +18,7 @@ from PIL import Image
 from comining import mining, predict
 from comining.coco import load_coco
 from comining.config import MiningThresholds, TrainConfig
-from comining.data import Batch, DetectionDataset, boxes_to_original
+from comining.data import DetectionDataset, boxes_to_original
 from comining.model import DenseForward, build_detector
 
 torch.set_num_threads(1)   # 2 shared cores: more threads only wait on each other

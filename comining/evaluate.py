@@ -28,6 +28,9 @@ Anchors, scored by the same ``mining_scores``:
 * ``fiftyone_missing``: FiftyOne's ``compute_mistakenness`` rule: a prediction with
   confidence > 0.95 that matches no annotation at IoU 0.5 (FiftyOne matches there
   with ``classwise=False``: an annotation of any class counts) is "possibly missing".
+* ``datumaro_missing``: Datumaro's ``MissingAnnotationDetection`` rule: a prediction
+  that no annotation of any class overlaps at IoU >= 0.75 is missing, one (the best)
+  per cluster of such predictions.
 * ``cleanlab_overlooked``: cleanlab's ``object_detection`` overlooked-box scores
   (optional dependency ``cleanlab``).
 """
@@ -479,13 +482,46 @@ def fiftyone_missing(predictions: Iterable[dict], annotations, *, conf: float = 
     return [p for _, p in sorted(missing, key=lambda t: t[0])]
 
 
-def cleanlab_overlooked(predictions: Iterable[dict], coco: dict) -> list[dict]:
+def datumaro_missing(predictions: Iterable[dict], annotations, *, iou: float = 0.75,
+                     score_threshold: float | None = None) -> list[dict]:
+    """Datumaro's missing-annotation rule (``datumaro.plugins.missing_annotation_detection.
+    MissingAnnotationDetection``, label-agnostic matching, pairwise IoU 0.75).
+
+    Predictions (above ``score_threshold``, if given) that overlap an annotation of any
+    class at IoU >= ``iou`` are dropped; the rest are clustered at the same IoU, greedily
+    by score, and the best of each cluster is returned (the original dicts, input order).
+    """
+    preds = [p for p in predictions if score_threshold is None or p["score"] > score_threshold]
+    ann_by_image = defaultdict(list)
+    for a in _annotations_of(annotations):
+        ann_by_image[a["image_id"]].append(a["bbox"])
+    by_image = defaultdict(list)
+    for k, p in enumerate(preds):
+        by_image[p["image_id"]].append(k)
+    keep = []
+    for image_id, idx in by_image.items():
+        idx = sorted(idx, key=lambda k: -preds[k]["score"])
+        boxes = xywh_to_xyxy([preds[k]["bbox"] for k in idx])
+        on_label = (iou_matrix(boxes, xywh_to_xyxy(ann_by_image.get(image_id, []))) >= iou).any(axis=1)
+        self_iou = iou_matrix(boxes, boxes)
+        kept: list[int] = []
+        for i in range(len(idx)):
+            if not on_label[i] and not any(self_iou[i, j] >= iou for j in kept):
+                kept.append(i)
+        keep.extend(idx[i] for i in kept)
+    return [preds[k] for k in sorted(keep)]
+
+
+def cleanlab_overlooked(predictions: Iterable[dict], coco: dict, *,
+                        high_probability_threshold: float | None = None) -> list[dict]:
     """cleanlab's overlooked-box scores for the predictions on ``coco``'s images.
 
     Returns a copy of each prediction that cleanlab scores, with ``overlooked_score``
     (cleanlab's: low = likely an overlooked object) and ``score`` replaced by
     1 - overlooked_score, so that ``mining_scores`` ranks the likeliest first.
     Predictions cleanlab leaves unscored (NaN: those that match a label) are dropped.
+    ``high_probability_threshold``: cleanlab's (only predictions above it are scored;
+    its default 0.95 scores nothing when a detector's scores stay lower).
     Needs the optional ``cleanlab`` package (pip install cleanlab).
     """
     try:
@@ -527,7 +563,8 @@ def cleanlab_overlooked(predictions: Iterable[dict], coco: dict) -> list[dict]:
         cl_preds.append(per_class)
         order.append(flat)
     with contextlib.redirect_stdout(io.StringIO()):
-        scores = compute_overlooked_box_scores(labels=labels, predictions=cl_preds)
+        scores = compute_overlooked_box_scores(labels=labels, predictions=cl_preds,
+                                               high_probability_threshold=high_probability_threshold)
     out = []
     for flat, s in zip(order, scores):
         for k, v in zip(flat, np.asarray(s, dtype=np.float64).reshape(-1)):

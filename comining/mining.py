@@ -44,11 +44,12 @@ MIN_SIDE = 1.0   # original pixels, each way
 def detect_views(dense: DenseForward, dataset: DetectionDataset, *, score_thresh: float,
                  nms_iou: float, max_per_image: int, augment: str, device: torch.device,
                  batch_size: int, num_workers: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> Iterator[tuple]:
+                 world_size: int = 1, class_score: bool = True) -> Iterator[tuple]:
     """Yield (image record, {view: (boxes (N, 4) xyxy in original pixels, labels (N,)
     contiguous, scores (N,))}) for this rank's shard of `dataset`, both views.
 
-    Scores are the class scores co-generation uses (FCOS: before centerness). The
+    Scores are the class scores co-generation uses (FCOS: before centerness; with
+    class_score=False torchvision's test-time score, centerness included). The
     augmented view is drawn from a generator seeded by `seed`, without touching the
     training RNG, so mining a checkpoint twice gives the same boxes.
     """
@@ -74,7 +75,8 @@ def detect_views(dense: DenseForward, dataset: DetectionDataset, *, score_thresh
                                                                 for k, t in head.items()},
                                                anchors[:b], per_level, sizes,
                                                score_thresh=score_thresh, nms_iou=nms_iou,
-                                               max_per_image=max_per_image)
+                                               max_per_image=max_per_image,
+                                               class_score=class_score)
                             for i, v in enumerate(VIEWS)}
                 for j, image_id in enumerate(batch.image_ids):
                     rec = record_of[image_id]

@@ -3,7 +3,7 @@
 Tolerances (GUIDE section 5: decoding, losses and NMS stay fp32, only backbone and head
 run in bf16):
   - head outputs reach decoding as float32; anchors are float32;
-  - decoded boxes, anchor by anchor: within 1 px (measured: < 0.05 px);
+  - decoded boxes, anchor by anchor: within 1 px (measured: ~0.25 px on shifts of ~11 px);
   - sigmoid scores, anchor by anchor: within 0.01 (measured: ~1e-4);
   - losses of a co-mining step: within 5% relative (measured: < 0.1%);
   - kept pseudo boxes and mined candidates: at least 80% of fp32's have a same-class (and,

@@ -108,7 +108,10 @@ class TrainConfig:
     fpn_channels: int = 256             # FPN and head width (64: the light CPU setting)
     checkpoint_every: int = 5_000
     weights_backbone: str = "imagenet"  # imagenet | none | PATH
-    init: str | None = None             # a detector checkpoint to start from
+    init: str | None = None             # a detector to start from: PATH, or torchvision COCO
+                                        # weights by name (RetinaNet_ResNet50_FPN_Weights.COCO_V1)
+    init_keep_classes: bool = False     # keep --init's classifier rows of same-named classes
+    variant: str = "v1"                 # v2: torchvision's RetinaNet v2 layout (set from --init)
     device: str = "auto"
     seed: int = 0
     lr: float | None = None             # default: 0.01 * batch_size / 16 (the paper's)
@@ -121,8 +124,8 @@ class TrainConfig:
     hidden: str | None = None           # HIDDEN.json of a sparsified set, for mining scores
     thresholds: MiningThresholds = field(default=None)
     review: ReviewMining = field(default_factory=ReviewMining)   # mining for the annotator
-    amp: str = "auto"                   # auto (bf16 on CUDA) | bf16 | off
-    channels_last: str = "auto"
+    amp: str = "auto"                   # auto (bf16 on CUDA) | bf16 (also on CPU) | off
+    channels_last: str = "auto"         # auto (on CUDA) | on (also on CPU) | off
 
     def __post_init__(self):
         if isinstance(self.thresholds, dict):
@@ -151,6 +154,12 @@ class TrainConfig:
             bad("--fpn-channels must be a multiple of 32")
         if self.image_size < 64:
             bad("--image-size must be at least 64")
+        if self.amp not in ("auto", "bf16", "off"):
+            bad(f"unknown amp {self.amp!r}; choose auto, bf16 or off")
+        if self.channels_last not in ("auto", "on", "off"):
+            bad(f"unknown channels_last {self.channels_last!r}; choose auto, on or off")
+        if self.init_keep_classes and not self.init:
+            bad("--init-keep-classes needs --init")
         t = self.thresholds
         if not (0 <= t.score_thresh <= 1 and 0 < t.nms_iou <= 1 and 0 < t.gt_iou <= 1):
             bad("thresholds must be within [0, 1]")

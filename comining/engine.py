@@ -28,7 +28,9 @@ from comining.data import DetectionDataset, TrainingSampler, make_loader
 from comining.errors import CominingError, InputError
 from comining.fileio import atomic_write_bytes
 from comining.mining import gather_candidates, mine_dataset, record
-from comining.model import DenseForward, DenseNet, build_detector, load_init
+from comining.model import (DenseForward, DenseNet, build_detector, check_init_fits,
+                            fetch_init_weights, init_variant, init_weights_by_name, load_init,
+                            safe_load)
 from comining.siamese import training_step
 
 CHECKPOINT_RE = re.compile(r"iter_(\d+)\.pt$")
@@ -69,6 +71,15 @@ def resolve_checkpoint(run_dir: Path, which: str | int = "last") -> tuple[int, P
     raise InputError(run_dir, f"no checkpoint at iteration {which}; have {have}")
 
 
+def precision(config: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, channels_last) of a run on `device`: "auto" is on for CUDA
+    only; "bf16" / "on" are honoured on the CPU too (how the GPU path is tested there)."""
+    cuda = device.type == "cuda"
+    amp = config.amp == "bf16" or (config.amp == "auto" and cuda)
+    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+    return (torch.bfloat16 if amp else None), channels_last
+
+
 def lr_factor(it: int, config: TrainConfig) -> float:
     """Linear warm-up from 0.001, then x0.1 at each of the scaled steps."""
     warm = config.warmup
@@ -102,10 +113,10 @@ class RunContext:
         self.detector = build_detector(config.detector, config.backbone, len(coco.categories),
                                        image_size=config.image_size,
                                        weights_backbone=config.weights_backbone,
-                                       fpn_channels=config.fpn_channels)
+                                       fpn_channels=config.fpn_channels, init=config.init,
+                                       variant=config.variant)
         cuda = device.type == "cuda"
-        self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
-        amp = config.amp == "bf16" or (config.amp == "auto" and cuda)
+        autocast_dtype, self.channels_last = precision(config, device)
         self.detector.to(device)
         if self.channels_last:
             self.detector.to(memory_format=torch.channels_last)
@@ -113,7 +124,7 @@ class RunContext:
         if self.ddp.world_size > 1:
             net = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[device.index] if cuda else None, broadcast_buffers=False)
-        self.dense = DenseForward(self.detector, net, autocast_dtype=torch.bfloat16 if amp else None,
+        self.dense = DenseForward(self.detector, net, autocast_dtype=autocast_dtype,
                                   channels_last=self.channels_last)
         if cuda:
             torch.backends.cudnn.benchmark = True  # one fixed input shape per run
@@ -181,11 +192,9 @@ def load_model_state(detector: torch.nn.Module, state_dict: dict, path: Path,
 
 
 def load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise InputError(path, f"cannot read checkpoint ({type(exc).__name__}: "
-                               f"{_first_sentence(exc)}); a half-written or damaged file?") from None
+    """A run's checkpoint, read safely (weights_only: tensors and plain types; everything
+    save_checkpoint writes is such, so resume needs no allow-list)."""
+    state = safe_load(path, "checkpoint")
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise InputError(path, "not a comining checkpoint")
     return state
@@ -215,6 +224,22 @@ def save_checkpoint(ctx: RunContext, iteration: int, optimizer, scheduler) -> Pa
                 "categories": ctx.coco.raw["categories"]}, buf)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def _prepare_init(config: TrainConfig, run_dir: Path, existing: list) -> None:
+    """Before any long work: the detector layout --init needs (config.variant), and named
+    weights checked against the run and fetched now (offline: one line at once)."""
+    if not config.init:
+        return
+    if existing:   # resumed: the run's own layout; --init is not read again
+        config.variant = load_run_config(run_dir).variant
+        return
+    named = init_weights_by_name(config.init)
+    if named is None:
+        config.variant = init_variant(config.init)
+        return
+    config.variant = check_init_fits(named, config.detector, config.backbone, config.fpn_channels)
+    fetch_init_weights(named)   # into torch's hub cache; load_init reads it from there
 
 
 def _prepare_run_dir(config: TrainConfig, run_dir: Path, coco: CocoDataset, resume: bool) -> None:
@@ -268,6 +293,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if existing and not resume:
         raise InputError(run_dir, "this run already has checkpoints: add --resume to continue it, "
                                   "or choose a new --run folder")
+    _prepare_init(config, run_dir, existing)
     torch.manual_seed(config.seed)
     coco = load_coco(config.ann, config.images)
     if len(coco) == 0:
@@ -278,7 +304,14 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         dist.barrier()
     ctx = RunContext(config, run_dir, coco, device, ddp)
     if config.init and not existing:
-        load_init(ctx.detector, config.init)
+        report = load_init(ctx.detector, config.init, class_names=list(coco.categories.names),
+                           keep_classes=config.init_keep_classes)
+        if config.init_keep_classes and ddp.main:
+            kept = report["kept"]
+            fresh = [n for n in coco.categories.names if n not in kept]
+            print(f"--init-keep-classes: kept the pretrained classifier of {len(kept)} of "
+                  f"{len(coco.categories)} classes: {', '.join(kept) or 'none'}"
+                  f"{'; fresh: ' + ', '.join(fresh) if fresh else ''}", flush=True)
 
     params = [p for p in ctx.detector.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum,

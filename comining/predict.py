@@ -8,8 +8,8 @@ import torch
 
 from comining.coco import load_coco
 from comining.data import DetectionDataset, boxes_to_original, make_loader
-from comining.engine import (load_checkpoint, load_model_state, load_run_config, resolve_checkpoint,
-                             resolve_device)
+from comining.engine import (load_checkpoint, load_model_state, load_run_config, precision,
+                             resolve_checkpoint, resolve_device)
 from comining.errors import InputError
 from comining.model import DenseForward, build_detector, view_detections
 
@@ -17,11 +17,19 @@ from comining.model import DenseForward, build_detector, view_detections
 @torch.no_grad()
 def predict_dataset(run_dir, images_dir, ann_path, *, checkpoint: str | int = "last",
                     device: str = "auto", batch_size: int = 8, num_workers: int = 2,
-                    score_thresh: float = 0.05) -> list[dict]:
+                    score_thresh: float = 0.05, amp: str | None = None,
+                    channels_last: str | None = None) -> list[dict]:
     """Test-time detections (torchvision's scores, test NMS, 100 per image) over a dataset
-    whose categories are the run's (by id); boxes as COCO xywh in original pixels."""
+    whose categories are the run's (by id); boxes as COCO xywh in original pixels.
+
+    amp / channels_last: as TrainConfig's (None: the run's own settings; "auto" is on for
+    CUDA only). Decoding and NMS stay fp32 either way."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    if amp is not None or channels_last is not None:
+        config.amp = amp if amp is not None else config.amp
+        config.channels_last = channels_last if channels_last is not None else config.channels_last
+        config.validate()
     _, path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     coco = load_coco(ann_path, images_dir)
@@ -31,10 +39,14 @@ def predict_dataset(run_dir, images_dir, ann_path, *, checkpoint: str | int = "l
     dev = resolve_device(device)
     detector = build_detector(config.detector, config.backbone, len(run_ids),
                               image_size=config.image_size, weights_backbone="none",
-                              fpn_channels=config.fpn_channels)
+                              fpn_channels=config.fpn_channels, init=config.init,
+                              variant=config.variant)
     load_model_state(detector, state["model"], path, config)
+    autocast_dtype, channels_last = precision(config, dev)
     detector.to(dev).eval()
-    dense = DenseForward(detector, autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None)
+    if channels_last:
+        detector.to(memory_format=torch.channels_last)
+    dense = DenseForward(detector, autocast_dtype=autocast_dtype, channels_last=channels_last)
     dense.net.eval()
     loader = make_loader(DetectionDataset(coco, config.image_size), batch_size=batch_size,
                          shuffle=False, num_workers=num_workers, pin_memory=dev.type == "cuda")

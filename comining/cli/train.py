@@ -47,9 +47,15 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, default=5000, metavar="K")
     p.add_argument("--weights-backbone", default="imagenet", metavar="imagenet|none|PATH",
                    help="ImageNet weights (downloaded by torchvision), none, or a local file")
-    p.add_argument("--init", metavar="PATH",
-                   help="start from a detector checkpoint: ours, or a torchvision COCO state dict "
-                        "(its classification layer is rebuilt for this dataset's classes)")
+    p.add_argument("--init", metavar="PATH|NAME",
+                   help="start from a detector: a file (ours, or a torchvision COCO state dict), or "
+                        "torchvision's COCO weights by name: RetinaNet_ResNet50_FPN_Weights.COCO_V1, "
+                        "RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1, FCOS_ResNet50_FPN_Weights.COCO_V1 "
+                        "(downloaded once; needs --backbone resnet50). The classification layer is "
+                        "rebuilt for this dataset's classes. Files are loaded safely (weights_only)")
+    p.add_argument("--init-keep-classes", action="store_true",
+                   help="keep --init's classifier rows of the classes named as this dataset's "
+                        "(e.g. COCO's person, car); the other classes start fresh")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, help="base learning rate (default 0.01 x batch/16)")
@@ -66,7 +72,10 @@ def register(subparsers) -> None:
     p.add_argument("--gt-iou", type=float, metavar="T2",
                    help="drop a pseudo box overlapping a same-class annotation above this IoU (0.4)")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
-                   help="bf16 autocast (auto: on CUDA); decoding, losses and NMS stay fp32")
+                   help="bf16 autocast (auto: on CUDA; bf16 runs on the CPU too); decoding, losses "
+                        "and NMS stay fp32")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="channels_last memory layout (auto: on CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_review_mining_args(p)
     p.set_defaults(func=run)
@@ -82,10 +91,11 @@ def config_from_args(args):
         backbone=args.backbone, fpn_channels=args.fpn_channels, method=args.method,
         augment=args.augment, iters=args.iters, batch_size=args.batch_size,
         image_size=args.image_size, checkpoint_every=args.checkpoint_every,
-        weights_backbone=args.weights_backbone, init=args.init, device=args.device, seed=args.seed,
+        weights_backbone=args.weights_backbone, init=args.init,
+        init_keep_classes=args.init_keep_classes, device=args.device, seed=args.seed,
         lr=args.lr, num_workers=args.workers, log_every=args.log_every, mine=not args.no_mine,
         hidden=args.hidden, thresholds=thresholds, amp=args.amp,
-        review=review_mining_from_args(args))
+        channels_last=args.channels_last, review=review_mining_from_args(args))
 
 
 def run(args) -> int:

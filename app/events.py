@@ -13,7 +13,8 @@ from functools import wraps
 import gradio as gr
 import numpy as np
 
-from app.views import (LAYER_LABELS, Ctx, batch_preview, batch_refresh, checkpoint_choices,
+from app.views import (LAYER_LABELS, Ctx, alternative_class, batch_preview, batch_refresh,
+                       checkpoint_choices,
                        current_items, fast_page, filters_of, item_under, n_mined, new_state,
                        next_pending, plots_for, progress_md, rebuild_queue, render_view,
                        resolve_selected)
@@ -183,7 +184,7 @@ def _wire_decisions(ui, ctx: Ctx) -> None:
     run = ctx.run
     VIEW, SHOW, BATCH = _groups(ui)
 
-    def decide(decision):
+    def decide(decision, alternative: int | None = None):
         @_guard
         def handler(st, cls_name, layers, labels_on, min_score):
             items = current_items(ctx, st)
@@ -191,7 +192,10 @@ def _wire_decisions(ui, ctx: Ctx) -> None:
             item = next((it for it in items if it.id == cur), None)
             if item is None:
                 raise gr.Error("No candidate selected.", print_exception=False)
-            cat = ctx.cat_id(cls_name) if decision == "accepted" else None
+            if alternative is not None:
+                cat = alternative_class(item, alternative)
+            else:
+                cat = ctx.cat_id(cls_name) if decision == "accepted" else None
             review.decide(run, item.id, decision, client=st["client"],
                           category_id=None if cat == item.category_id else cat)
             items = current_items(ctx, st)
@@ -205,6 +209,9 @@ def _wire_decisions(ui, ctx: Ctx) -> None:
                     api_name="accept")
     ui.reject.click(decide("rejected"), [ui.state, ui.cls] + SHOW + [ui.batch_score], VIEW + BATCH,
                     api_name="reject")
+    for k, button in enumerate(ui.alt_buttons, 1):
+        button.click(decide("accepted", alternative=k), [ui.state, ui.cls] + SHOW + [ui.batch_score],
+                     VIEW + BATCH, api_name=f"accept_alternative_{k}")
 
     @_guard
     def on_undo(st, layers, labels_on, min_score):
@@ -233,12 +240,14 @@ def _wire_queue(ui, ctx: Ctx) -> None:
     VIEW, SHOW, BATCH = _groups(ui)
 
     @_guard
-    def on_filters(st, sort, classes, views, lo, hi, states, inc_rej, layers, labels_on, min_score):
+    def on_filters(st, sort, classes, views, lo, hi, states, inc_rej, labelled, layers, labels_on,
+                   min_score):
         if float(lo) > float(hi):
             raise InputError(None, f"min score {lo} is above max score {hi}")
         st["filters"] = {"sort": sort, "classes": [ctx.cat_id(c) for c in classes or []],
                          "views": list(views or []), "score_min": float(lo), "score_max": float(hi),
-                         "states": list(states or []), "include_rejected": bool(inc_rej)}
+                         "states": list(states or []), "include_rejected": bool(inc_rej),
+                         "labelled": labelled or "missing"}
         st["selected"] = None
         st["image_id"] = None
         rebuild_queue(ctx, st)
@@ -246,7 +255,7 @@ def _wire_queue(ui, ctx: Ctx) -> None:
                 *batch_preview(ctx, st, min_score))
 
     ui.f_apply.click(on_filters, [ui.state, ui.sort, ui.f_classes, ui.f_views, ui.f_min, ui.f_max,
-                                  ui.f_states, ui.f_rejected] + SHOW + [ui.batch_score],
+                                  ui.f_states, ui.f_rejected, ui.f_labelled] + SHOW + [ui.batch_score],
                      VIEW + BATCH, api_name="filters")
 
     @_guard

@@ -15,11 +15,15 @@ from comining import review
 VIEW_CHOICES = [("original view only", "original"), ("augmented view only", "augmented"),
                 ("both views (agreed)", "both")]
 STATE_CHOICES = [("pending", "pending"), ("accepted", "accepted"), ("rejected", "rejected")]
+LABELLED_CHOICES = [("possibly missing (no label there)", "missing"),
+                    ("on a label of another class (is the label wrong?)", "on_label"),
+                    ("all", "all")]
 HEX = {k: "#%02x%02x%02x" % v for k, v in review.COLOURS.items()}
 
 SHORTCUTS = """\
 **Keyboard** (not while typing in a field):
-<kbd>A</kbd> accept · <kbd>R</kbd> reject · <kbd>N</kbd>/<kbd>→</kbd> next image ·
+<kbd>A</kbd> accept · <kbd>1</kbd>-<kbd>9</kbd> accept with that class alternative ·
+<kbd>R</kbd> reject · <kbd>N</kbd>/<kbd>→</kbd> next image ·
 <kbd>P</kbd>/<kbd>←</kbd> previous image · <kbd>U</kbd>/<kbd>Ctrl+Z</kbd> undo ·
 <kbd>J</kbd>/<kbd>K</kbd> next/previous candidate. Click a box to select it."""
 
@@ -29,6 +33,7 @@ HOTKEYS = """
   const keys = {a: "accept-btn", r: "reject-btn", n: "next-btn", p: "prev-btn", u: "undo-btn",
                 j: "next-cand-btn", k: "prev-cand-btn", arrowright: "next-btn",
                 arrowleft: "prev-btn"};
+  for (let d = 1; d <= 9; d++) keys[String(d)] = `alt-${d}-btn`;
   document.addEventListener("keydown", (e) => {
     if (e.defaultPrevented || e.altKey || e.metaKey || e.repeat) return;
     const t = e.target || {};
@@ -141,6 +146,8 @@ def _review_tab(ui, names, shown):
                 ui.accept = gr.Button("✓ Accept (A)", variant="primary", elem_id="accept-btn")
                 ui.reject = gr.Button("✗ Reject (R)", variant="stop", elem_id="reject-btn")
                 ui.undo = gr.Button("↶ Undo (U)", elem_id="undo-btn")
+            ui.alt_buttons = [gr.Button(f"accept as alternative {k}", elem_id=f"alt-{k}-btn",
+                                        elem_classes="hotkey-hidden") for k in range(1, 10)]
             ui.next_cand = gr.Button("next candidate", elem_id="next-cand-btn",
                                      elem_classes="hotkey-hidden")
             ui.prev_cand = gr.Button("previous candidate", elem_id="prev-cand-btn",
@@ -170,6 +177,8 @@ def _review_tab(ui, names, shown):
                     ui.f_max = gr.Slider(0, 1, value=1.0, step=0.01, label="max score")
                 ui.f_states = gr.CheckboxGroup(STATE_CHOICES, value=["pending"],
                                                label="Review state (none = any)")
+                ui.f_labelled = gr.Radio(LABELLED_CHOICES, value="missing", label="Objects",
+                                         elem_id="f-labelled")
                 ui.f_rejected = gr.Checkbox(False, label="propose again boxes rejected at another "
                                                          "checkpoint")
                 ui.f_apply = gr.Button("Apply filters", size="sm", elem_id="filters-apply")

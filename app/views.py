@@ -54,7 +54,7 @@ def filters_of(st) -> review.Filters:
                           score_max=float(f.get("score_max", 1.0)),
                           states=tuple(f.get("states", ("pending",))),
                           include_rejected=bool(f.get("include_rejected", False)),
-                          sort=f.get("sort", "score"))
+                          sort=f.get("sort", "score"), labelled=f.get("labelled", "missing"))
 
 
 def rebuild_queue(ctx: Ctx, st: dict) -> None:
@@ -155,8 +155,10 @@ def render_view(ctx: Ctx, st: dict, layers, labels_on: bool, note: str | None = 
     st["display_scale"] = factor
     if st["pos"] + 1 < len(st["queue"]):
         run.prefetch(st["queue"][st["pos"] + 1])   # what N shows next, decoded meanwhile
+    current = next((it for it in items if it.id == sel), None)
     drawn = review.render(image, items, names=ctx.names, annotations=run.annotations(st["image_id"]),
-                          layers=layers or (), selected=sel, labels=labels_on, box_scale=factor)
+                          layers=layers or (), selected=sel, labels=labels_on, box_scale=factor,
+                          members=review.member_boxes(run, current) if current else ())
     file_name, w, h = run.images[st["image_id"]]
     shown = f" (shown at {factor:.0%})" if factor < 1 and not problem else ""
     pending = sum(1 for it in items if it.state == "pending")
@@ -168,11 +170,31 @@ def render_view(ctx: Ctx, st: dict, layers, labels_on: bool, note: str | None = 
         info += f"\n\n{note}"
     elif items and pending == 0:
         info += "\n\n✅ Every candidate on this image is decided: press **N** for the next image."
+    if current is not None and current.state == "pending":
+        info += "\n\n" + alternatives_line(ctx, current)
     choices = [(review.describe(n, it, ctx.names), it.id) for n, it in enumerate(items, 1)]
-    current = next((it for it in items if it.id == sel), None)
     cls = ctx.names.get(current.shown_category) if current else None
     return (st, drawn, info, gr.update(choices=choices, value=sel),
             gr.update(choices=ctx.class_names(), value=cls), counts)
+
+
+def alternatives_line(ctx, item) -> str:
+    """'Accept as: **1** disc 0.62 · **2** square 0.31' (the 1-9 keys)."""
+    alts = " · ".join(f"<kbd>{k}</kbd> {ctx.names.get(c, c)} {s:.2f}"
+                      for k, (c, s) in enumerate(item.alternatives[:9], 1))
+    where = ("" if item.on_label is None else
+             f" (it overlaps a **{ctx.names.get(item.on_label, item.on_label)}** label: is that "
+             f"label's class wrong?)")
+    return f"Accept as: {alts}{where}"
+
+
+def alternative_class(item, k: int) -> int:
+    """The category id of an item's k-th class alternative (1-based)."""
+    alts = item.alternatives
+    if not 1 <= k <= len(alts):
+        raise InputError(None, f"this candidate has {len(alts)} class alternative"
+                               f"{'s' if len(alts) != 1 else ''}, not {k}")
+    return alts[k - 1][0]
 
 
 def item_under(items, st: dict, x: float, y: float, layers):
@@ -222,9 +244,9 @@ def progress_md(ctx, st) -> str:
     for r in p["per_class"]:
         lines.append(f"| {r['name']} | {r['total']} | {r['reviewed']} | {r['accepted']} | "
                      f"{r['rejected']} | {r['pending']} |")
-    lines += ["", "<small>A candidate here is one object: the boxes both views mined for it "
-                  "count once. Decisions made at other checkpoints count when they cover the "
-                  "same object (same class, IoU ≥ 0.5).</small>"]
+    lines += ["", "<small>A candidate here is one object: the boxes both views mined for it, "
+                  "of any class, count once. Decisions made at other checkpoints count when "
+                  "they cover the same object (IoU ≥ 0.5, whatever the class).</small>"]
     return "\n".join(lines)
 
 

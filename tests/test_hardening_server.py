@@ -99,7 +99,7 @@ def decide_loop(client: RawClient, n: int, action: str = "accept") -> dict:
                     if refills > 50:
                         raise RuntimeError("ran out of candidates")
                     out = client.call("filters", "score", [], [], 0.0, 1.0, ["pending"], False,
-                                      LAYERS, True, 0.8)
+                                      "missing", LAYERS, True, 0.8)
                 continue
             t = time.perf_counter()
             out = client.call(action, None, LAYERS, True, 0.8)

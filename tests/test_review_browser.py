@@ -65,8 +65,8 @@ def test_handlers_over_http_and_restart_survival(tmp_path):
         out = c.predict(LAYERS, True, 0.8, api_name="/undo")
         assert "Undid the rejected decision" in out[1] and "**0** rejected" in out[4]
         # queue filters, sort by agreement, checkpoint switch
-        out = c.predict("agreement", ["disc"], ["both"], 0.0, 1.0, ["pending"], False, LAYERS, True,
-                        0.8, api_name="/filters")
+        out = c.predict("agreement", ["disc"], ["both"], 0.0, 1.0, ["pending"], False, "missing",
+                        LAYERS, True, 0.8, api_name="/filters")
         selected = dict((v, k) for k, v in out[2]["choices"])[out[2]["value"]]
         assert "Queue:" in out[1] and " disc " in selected and "both views" in selected
         out = c.predict(100, LAYERS, True, 0.8, api_name="/checkpoint")

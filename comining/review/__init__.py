@@ -36,7 +36,7 @@ the decision is ignored and the decision falls back to its own class and box.
 from __future__ import annotations
 
 from comining.review.boxes import clean_box, clean_boxes, iou, iou_matrix
-from comining.review.draw import crop, crops, describe, item_at, render
+from comining.review.draw import crop, crops, describe, item_at, member_boxes, render
 from comining.review.items import (
     all_items, decide_items, decisions, effective_decisions, grouped_items, image_items,
     object_items, queue, queue_items,
@@ -58,7 +58,7 @@ __all__ = [
     "clean_boxes", "COLOURS", "CountChanged", "crop", "crops", "decide", "decide_items",
     "decide_many", "Decision", "decision_counts", "decisions", "describe",
     "effective_decisions", "Filters", "grouped_items", "image_items", "object_items",
-    "iou", "iou_matrix", "IOU_SAME", "LABELLED", "Item", "item_at", "LAYERS", "mining_quality",
+    "iou", "iou_matrix", "IOU_SAME", "LABELLED", "Item", "item_at", "member_boxes", "LAYERS", "mining_quality",
     "open_run", "plot_data", "plot_figures", "progress", "queue", "queue_items",
     "QueueEntry", "read_metrics", "render", "Run", "SORTS", "STATES", "undo",
     "VIEW_KINDS", "VIEW_LABELS",

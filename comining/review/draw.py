@@ -80,11 +80,13 @@ def _pts(box, scale: float = 1.0):
 
 def render(image: np.ndarray, items: list[Item], *, names: dict[int, str],
            annotations=(), layers=LAYERS, selected: int | None = None,
-           labels: bool = True, box_scale: float = 1.0) -> np.ndarray:
+           labels: bool = True, box_scale: float = 1.0, members=()) -> np.ndarray:
     """The image with boxes drawn (OpenCV, RGB): annotations dimmed, pending items in
     their view's colour with '#n class score', decided items green (accepted) or red
-    dashed (rejected) when the 'decided' layer is on, the selected item outlined.
-    `box_scale`: display pixels per box pixel, for an image shrunk by `fit_display`."""
+    dashed (rejected) when the 'decided' layer is on, the selected item outlined, and
+    `members` ([(view, xywh)]: the selected object's own boxes, each branch's) thin in
+    their view's colour. `box_scale`: display pixels per box pixel, for an image shrunk
+    by `fit_display`."""
     img = np.array(image, dtype=np.uint8, copy=True)
     h, w = img.shape[:2]
     scale = _font_scale(w, h)
@@ -123,6 +125,10 @@ def render(image: np.ndarray, items: list[Item], *, names: dict[int, str],
             _label(img, f"#{n} {names.get(it.shown_category, it.shown_category)} {tag}",
                    p1[0], p1[1], colour, scale)
     if sel_item is not None:
+        for view, box in members:
+            if view in layers:
+                q1, q2 = _pts(box, box_scale)
+                cv2.rectangle(img, q1, q2, COLOURS[view], 1, cv2.LINE_AA)
         n, it, colour = sel_item
         p1, p2 = _pts(it.shown_box, box_scale)
         cv2.rectangle(img, (p1[0] - thick - 1, p1[1] - thick - 1), (p2[0] + thick + 1, p2[1] + thick + 1),
@@ -186,9 +192,23 @@ def crops(run: Run, items: list[Item], *, context: float = 0.5, size: int = 176)
 
 
 def describe(n: int, it: Item, names: dict[int, str]) -> str:
-    """One line for the candidate list: '#3 disc 0.91 · both views · pending'."""
+    """One line for the candidate list: '#3 disc 0.91 · or 2 square 0.30 · both views ·
+    pending' (the class alternatives numbered as the 1-9 keys accept them)."""
     name = names.get(it.category_id, str(it.category_id))
     state = it.state
     if it.state == "accepted" and it.decision and it.decision.edited:
         state = f"accepted (edited: {names.get(it.decision.category_id, it.decision.category_id)})"
-    return f"#{n} {name} {it.score:.2f} · {VIEW_LABELS[it.view]} · {state}"
+    alts = "".join(f" · or {k} {names.get(c, str(c))} {s:.2f}"
+                   for k, (c, s) in enumerate(it.alternatives[1:9], 2))
+    where = "" if it.on_label is None else f" · on a {names.get(it.on_label, it.on_label)} label"
+    return f"#{n} {name} {it.score:.2f}{alts} · {VIEW_LABELS[it.view]}{where} · {state}"
+
+
+def member_boxes(run: Run, item: Item) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """[(view, xywh)] of an item's own candidates: what each branch found there."""
+    ids = list(item.member_ids)
+    if not ids:
+        return []
+    rows = run.conn.execute(f"SELECT view, x, y, w, h FROM candidates WHERE id IN "
+                            f"({','.join('?' * len(ids))})", ids).fetchall()
+    return [(r["view"], (r["x"], r["y"], r["w"], r["h"])) for r in rows]

@@ -1,0 +1,181 @@
+"""Objects, not boxes: grouping both views' boxes of any class, setting apart what is
+labelled, ranking by both views; and decisions that follow objects across checkpoints.
+
+Every expected value below is worked out by hand from the boxes written in the test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from comining import review, store
+from comining.objects import drop_in_crowd, flag_labelled, group_objects, review_objects
+from review_fixtures import THRESHOLDS, make_run
+
+O, A = 0, 1   # views
+
+
+def test_two_classes_on_one_object_give_one_item_with_ranked_alternatives():
+    """Original view: disc 0.8 and square 0.3 on one object; augmented view: square 0.6
+    on it. One object; its classes ranked by the mean of the two views' best score of
+    each class: disc (0.8 + 0) / 2 = 0.40 < square (0.3 + 0.6) / 2 = 0.45."""
+    boxes = [[10, 10, 40, 40], [11, 10, 40, 40], [10, 11, 40, 40],   # one object
+             [100, 100, 20, 20]]                                    # another, far away
+    objs = group_objects(boxes, [0.8, 0.3, 0.6, 0.5], [1, 2, 2, 1], [O, O, A, O])
+    assert len(objs) == 2
+    first = objs[0]
+    assert sorted(first.members) == [0, 1, 2]
+    assert [c for c, _ in first.classes] == [2, 1]
+    assert first.classes[0][1] == pytest.approx(0.45) and first.classes[1][1] == pytest.approx(0.40)
+    assert first.category_id == 2 and first.view == "both"
+    assert first.view_scores == (0.8, 0.6)
+    assert first.score == pytest.approx(0.7)           # mean of the views' best scores
+    # the lone box is seen by one view: half its score
+    assert objs[1].members == (3,) and objs[1].view == "original"
+    assert objs[1].score == pytest.approx(0.25)
+
+
+def test_fused_box_is_the_score_weighted_mean_of_the_members():
+    objs = group_objects([[0, 0, 10, 10], [2, 0, 10, 10]], [0.75, 0.25], [1, 1], [O, A])
+    assert len(objs) == 1
+    # x0 = 0.75*0 + 0.25*2 = 0.5; x1 = 0.75*10 + 0.25*12 = 10.5
+    assert objs[0].box == pytest.approx((0.5, 0.0, 10.0, 10.0))
+
+
+def test_boxes_below_the_grouping_iou_stay_apart():
+    # IoU of [0,0,10,10] and [5,0,10,10] = 50 / 150 = 1/3 < 0.5: two objects
+    assert len(group_objects([[0, 0, 10, 10], [5, 0, 10, 10]], [0.9, 0.8], [1, 1], [O, O])) == 2
+    # at group_iou 0.3 they are one
+    assert len(group_objects([[0, 0, 10, 10], [5, 0, 10, 10]], [0.9, 0.8], [1, 1], [O, O],
+                             group_iou=0.3)) == 1
+
+
+@pytest.mark.parametrize("rank,expected", [("mean", 0.45), ("max", 0.6), ("min", 0.3),
+                                           ("noisy_or", 0.72), ("geometric", 0.18 ** 0.5)])
+def test_ranks_combine_the_two_views(rank, expected):
+    objs = group_objects([[0, 0, 10, 10], [0, 0, 10, 10]], [0.6, 0.3], [1, 1], [O, A], rank=rank)
+    assert objs[0].score == pytest.approx(expected)
+
+
+def test_an_object_on_a_label_of_another_class_is_set_apart_and_one_of_its_class_is_dropped():
+    """A label (class 3) at [0,0,20,20]. An object of class 1 exactly there: kept apart
+    (on_label 3: a possible wrong label). An object of class 3 there: the label itself,
+    dropped. An object at IoU 100/700 (1/7) with the label: a missing-object candidate."""
+    label_boxes, label_classes = [[0, 0, 20, 20]], [3]
+    other = group_objects([[0, 0, 20, 20]], [0.9], [1], [O])
+    same = group_objects([[0, 0, 20, 20]], [0.9], [3], [O])
+    near = group_objects([[10, 10, 20, 20]], [0.9], [1], [O])
+    assert [o.on_label for o in flag_labelled(other, label_boxes, label_classes)] == [3]
+    assert flag_labelled(same, label_boxes, label_classes) == []
+    assert [o.on_label for o in flag_labelled(near, label_boxes, label_classes)] == [None]
+    # the threshold is configurable: at 0.1 the near one is on the label too
+    assert [o.on_label for o in flag_labelled(near, label_boxes, label_classes, label_iou=0.1)] == [3]
+
+
+def test_crowd_regions_and_the_cap():
+    objs = group_objects([[0, 0, 10, 10], [50, 50, 10, 10], [80, 80, 10, 10]], [0.9, 0.8, 0.7],
+                         [1, 1, 1], [O, O, O])
+    # the crowd region covers the first box wholly and 4% of the second
+    kept = drop_in_crowd(objs, [[0, 0, 52, 52]])
+    assert [o.members for o in kept] == [(1,), (2,)]
+    capped = review_objects([[0, 0, 10, 10], [50, 50, 10, 10], [80, 80, 10, 10]], [0.9, 0.8, 0.7],
+                            [1, 1, 1], [O, O, O], max_objects=2)
+    assert [o.members for o in capped] == [(0,), (1,)]
+
+
+# ----------------------------------------------------------------------------- in the store
+
+
+def _remine(run, iteration, boxes):
+    """Store `boxes` [(image_id, category_id, xywh, score, view)] as a checkpoint's mining."""
+    cands = [{"key": k, "partner_key": None, "image_id": im, "category_id": cat, "bbox": box,
+              "score": s, "view": v, "agreed": False} for k, (im, cat, box, s, v) in enumerate(boxes)]
+    store.replace_checkpoint_candidates(run.conn, iteration=iteration, path="x",
+                                        thresholds=THRESHOLDS, candidates=cands)
+
+
+def test_a_rejected_object_stays_rejected_when_its_class_changes(tmp_path):
+    """Rejected as a disc at checkpoint 300; at checkpoint 400 the detector calls the same
+    object a square (and both views find it): it is not proposed again. A box elsewhere
+    on the image is."""
+    info = make_run(tmp_path, n_images=1, checkpoints=())
+    run = review.open_run(info.run_dir)
+    try:
+        _remine(run, 300, [(1, 1, [10, 10, 50, 50], 0.9, "original")])
+        [item] = review.image_items(run, 300, 1)
+        assert item.category_id == 1
+        review.decide(run, item.id, "rejected", client="t")
+        _remine(run, 400, [(1, 2, [12, 10, 50, 50], 0.95, "original"),
+                           (1, 2, [10, 12, 50, 50], 0.9, "augmented"),
+                           (1, 3, [200, 200, 40, 40], 0.8, "original")])
+        items = review.image_items(run, 400, 1)
+        assert [(it.category_id, it.state) for it in items] == [(2, "rejected"), (3, "pending")]
+        assert [it.box[0] for it in review.queue_items(run, 400)] == [200]
+    finally:
+        run.close()
+
+
+def test_accepting_an_alternative_class_exports_one_box_of_that_class(tmp_path):
+    """An object both views see (disc by one, square by the other) is accepted with its
+    second class: the export holds one new box, of that class, where the object is."""
+    import json
+
+    from comining.export import export_run
+
+    info = make_run(tmp_path, n_images=1, checkpoints=())
+    run = review.open_run(info.run_dir)
+    try:
+        _remine(run, 300, [(1, 1, [100, 100, 40, 40], 0.9, "original"),
+                           (1, 2, [100, 100, 40, 40], 0.3, "original"),
+                           (1, 2, [100, 100, 40, 40], 0.8, "augmented")])
+        [item] = review.image_items(run, 300, 1)
+        # disc: (0.9 + 0) / 2 = 0.45; square: (0.3 + 0.8) / 2 = 0.55
+        assert [c for c, _ in item.alternatives] == [2, 1]
+        review.decide(run, item.id, "accepted", client="t", category_id=item.alternatives[1][0])
+        out = tmp_path / "out.json"
+        export_run(run, out)
+    finally:
+        run.close()
+    data = json.loads(out.read_text())
+    new = data["annotations"][len(info.annotations):]
+    assert [(a["category_id"], a["bbox"]) for a in new] == [(1, [100.0, 100.0, 40.0, 40.0])]
+    assert new[0]["comining"]["decision"] == "edited"
+
+
+def test_a_version_1_store_is_migrated_into_objects(tmp_path):
+    """A store written by comining's schema 1 (candidates only) opens: its candidates are
+    grouped into objects, decisions made on it still apply."""
+    import sqlite3
+
+    info = make_run(tmp_path, n_images=2, checkpoints=(100,))
+    db = info.run_dir / store.STORE_NAME
+    conn = sqlite3.connect(db)
+    n_cands = conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+    # an accept made with version 1 on the augmented-view box of an object of image 2
+    cid, x, y, w, h, cat = conn.execute(
+        "SELECT id, x, y, w, h, category_id FROM candidates WHERE image_id = 2 AND "
+        "view = 'augmented' ORDER BY id LIMIT 1").fetchone()
+    conn.execute("INSERT INTO decisions (candidate_id, image_id, decision, category_id, x, y, w, h,"
+                 " decided_at, client) VALUES (?, 2, 'accepted', ?, ?, ?, ?, ?, '9999', 'old')",
+                 (cid, cat, x, y, w, h))
+    conn.execute("DROP TABLE objects")
+    conn.execute("DROP INDEX candidates_by_object")
+    conn.execute("ALTER TABLE candidates DROP COLUMN object_id")
+    conn.execute("ALTER TABLE checkpoints DROP COLUMN settings")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    run = review.open_run(info.run_dir)
+    try:
+        assert store.schema_version(run.conn) == store.SCHEMA_VERSION
+        items = review.all_items(run, 100)
+        members = sorted(m for its in items.values() for it in its for m in it.member_ids)
+        assert len(members) == n_cands            # every candidate belongs to one object
+        # each hidden object of the fixture (found by one or two views) is one item, plus
+        # one false positive an image: 3 hidden + 1 per image
+        assert sum(len(its) for its in items.values()) == 2 * (3 + 1)
+        [accepted] = [it for it in items[2] if it.state == "accepted"]
+        assert cid in accepted.member_ids
+        assert all(it.state == "pending" for it in items[1])
+    finally:
+        run.close()

@@ -304,6 +304,38 @@ def test_review_flow_in_chromium(browser, tmp_path):
 
 
 @pytest.mark.browser
+def test_accept_an_object_with_its_second_class_by_key_in_chromium(browser, tmp_path):
+    """One object both views see, a disc to one and a square to the other: the page lists
+    both classes, and the key 2 accepts it as its second class (one box, that class)."""
+    from playwright.sync_api import expect
+
+    from comining import store
+    from review_fixtures import THRESHOLDS
+
+    info = make_run(tmp_path, n_images=1, checkpoints=())
+    conn = store.connect(info.run_dir / store.STORE_NAME)
+    # disc: (0.9 + 0) / 2 = 0.45 is the best class; square: (0.2 + 0.6) / 2 = 0.40 the second
+    boxes = [(1, [300, 200, 60, 60], 0.9, "original"), (2, [300, 200, 60, 60], 0.2, "original"),
+             (2, [301, 200, 60, 60], 0.6, "augmented")]
+    store.replace_checkpoint_candidates(conn, iteration=300, path="x", thresholds=THRESHOLDS, candidates=[
+        {"key": k, "partner_key": None, "image_id": 1, "category_id": cat, "bbox": box, "score": sc,
+         "view": v, "agreed": False} for k, (cat, box, sc, v) in enumerate(boxes)])
+    conn.close()
+    with serve(info.run_dir) as (_, url):
+        page = open_page(browser, url)
+        expect(page.locator("#candidates label").first).to_contain_text("#1 disc (2 square) 0.75 · both views")
+        expect(page.locator("#image-info")).to_contain_text("Accept as: 1 disc 0.45 · 2 square 0.40")
+        page.locator("#image-info").click()
+        page.keyboard.press("2")
+        expect(page.locator("#counts")).to_contain_text("1 accepted")
+        page.close()
+    [d] = store_decisions(info.run_dir)
+    assert (d.decision, d.category_id) == ("accepted", 2)
+    # the object's fused box: scores 0.9, 0.2, 0.6 weigh x0 = (0.9*300 + 0.2*300 + 0.6*301) / 1.7
+    assert d.box[0] == pytest.approx((0.9 * 300 + 0.2 * 300 + 0.6 * 301) / 1.7, abs=0.01)
+
+
+@pytest.mark.browser
 def test_fast_mode_progress_plots_and_checkpoints_in_chromium(browser, tmp_path):
     from playwright.sync_api import expect
 

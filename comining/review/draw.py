@@ -192,16 +192,17 @@ def crops(run: Run, items: list[Item], *, context: float = 0.5, size: int = 176)
 
 
 def describe(n: int, it: Item, names: dict[int, str]) -> str:
-    """One line for the candidate list: '#3 disc 0.91 · or 2 square 0.30 · both views ·
-    pending' (the class alternatives numbered as the 1-9 keys accept them)."""
+    """One line for the candidate list: '#3 disc (2 square) 0.91 · both views · pending':
+    the best class, the other class alternatives numbered as the 1-9 keys accept them,
+    the object's ranking score."""
     name = names.get(it.category_id, str(it.category_id))
     state = it.state
     if it.state == "accepted" and it.decision and it.decision.edited:
         state = f"accepted (edited: {names.get(it.decision.category_id, it.decision.category_id)})"
-    alts = "".join(f" · or {k} {names.get(c, str(c))} {s:.2f}"
-                   for k, (c, s) in enumerate(it.alternatives[1:9], 2))
+    alts = ", ".join(f"{k} {names.get(c, str(c))}" for k, (c, _) in enumerate(it.alternatives[1:9], 2))
+    alts = f" ({alts})" if alts else ""
     where = "" if it.on_label is None else f" · on a {names.get(it.on_label, it.on_label)} label"
-    return f"#{n} {name} {it.score:.2f}{alts} · {VIEW_LABELS[it.view]}{where} · {state}"
+    return f"#{n} {name}{alts} {it.score:.2f} · {VIEW_LABELS[it.view]}{where} · {state}"
 
 
 def member_boxes(run: Run, item: Item) -> list[tuple[str, tuple[float, float, float, float]]]:

@@ -24,6 +24,26 @@ from comining.errors import InputError  # noqa: E402
 __all__ = ["build", "launch", "parse_auth"]
 
 
+def _quiet_custom_component_route() -> None:
+    """Gradio 6's route for custom components' files (gradio_image_annotation's) prints
+    'id=..., environment=client, type=component, file_name=...' with a bare print() on
+    every page load: library noise on the user's terminal. Drop those lines only."""
+    import builtins
+
+    import gradio.routes as routes
+
+    def print_(*args, **kwargs):
+        text = " ".join(map(str, args))
+        if text.startswith("id=") and ", environment=" in text and ", file_name=" in text:
+            return
+        builtins.print(*args, **kwargs)
+
+    routes.print = print_
+
+
+_quiet_custom_component_route()
+
+
 def launch(run_dir, *, host: str = "127.0.0.1", port: int = 7860, auth=None, share: bool = False,
            block: bool = True, quiet: bool = True):
     """Serve the review app for RUN_DIR; returns (demo, url). With block=True, serves

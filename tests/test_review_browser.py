@@ -304,9 +304,10 @@ def test_review_flow_in_chromium(browser, tmp_path):
 
 
 @pytest.mark.browser
-def test_accept_an_object_with_its_second_class_by_key_in_chromium(browser, tmp_path):
+def test_accept_an_object_with_its_second_class_by_key_in_chromium(browser, tmp_path, capfd):
     """One object both views see, a disc to one and a square to the other: the page lists
-    both classes, and the key 2 accepts it as its second class (one box, that class)."""
+    both classes, and the key 2 accepts it as its second class (one box, that class).
+    Loading the page prints no Gradio custom-component lines on the console."""
     from playwright.sync_api import expect
 
     from comining import store
@@ -329,6 +330,8 @@ def test_accept_an_object_with_its_second_class_by_key_in_chromium(browser, tmp_
         page.keyboard.press("2")
         expect(page.locator("#counts")).to_contain_text("1 accepted")
         page.close()
+    out, err = capfd.readouterr()
+    assert "environment=client" not in out + err
     [d] = store_decisions(info.run_dir)
     assert (d.decision, d.category_id) == ("accepted", 2)
     # the object's fused box: scores 0.9, 0.2, 0.6 weigh x0 = (0.9*300 + 0.2*300 + 0.6*301) / 1.7

@@ -14,8 +14,10 @@ labels (comining.queue_metrics: object level = any class, class level = the best
   + floor      the same at the review floor instead of tau (recall first)
   + labelled   + drop a box overlapping an annotation of ANY class at IoU >= 0.5
   + objects    + both views' boxes of any class grouped into objects, ranked by their best box
-  + fused rank = the product (comining.mining.image_candidates): ranked by both views
-  variants     other ranks, floors, caps, one view only, FCOS test-time scores
+  + fused rank + ranked by both views (co-generation's class scores)
+  + test-time  = the product (comining.mining.image_candidates): the detector's test-time
+               scores (FCOS: with centerness) instead of the class scores
+  variants     other ranks, floors, caps, one view only
   anchors      FiftyOne's 'possibly missing' (> 0.95, unmatched at IoU 0.5 any class),
                Datumaro's missing-annotation rule (unmatched at IoU 0.75, label-agnostic),
                cleanlab's overlooked-box score (its default threshold, and 0.5), all on
@@ -272,11 +274,14 @@ def anchor_queues(raw_test, labels: Labels, sparse: dict) -> dict:
 # ----------------------------------------------------------------------------- the table
 
 
-def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bool) -> dict:
+def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bool,
+             variants: bool) -> dict:
+    """raw: detections with co-generation's class scores; raw_test: the test-time ones."""
     from comining.config import ReviewMining
 
     tau, theta1 = config.thresholds.score_thresh, config.thresholds.nms_iou
     base = ReviewMining()
+    assert base.score == "detection", "the product row below scores with raw_test"
     q = {
         "paper (tau, union of views)": co_generation_queue(raw, labels, score=tau, nms_iou=theta1),
         f"+ recall-first floor ({base.score_floor})":
@@ -286,20 +291,27 @@ def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bo
                                 any_class_iou=base.label_iou),
         "+ one item per object (ranked by its best box)":
             object_queue(raw, labels, dataclasses.replace(base, rank="max")),
-        f"+ fused ranking ({base.rank} of the views) = the product":
-            product_queue(raw, labels, base, sparse),
+        f"+ fused ranking ({base.rank} of the views' best scores)": object_queue(raw, labels, base),
+        "+ test-time scores (FCOS: with centerness) = the product":
+            product_queue(raw_test, labels, base, sparse),
     }
-    for rank in ("noisy_or", "geometric", "min"):
-        q[f"  variant: rank {rank}"] = object_queue(raw, labels, dataclasses.replace(base, rank=rank))
-    for floor in (0.02, 0.1, 0.2, 0.3):
-        q[f"  variant: floor {floor}"] = object_queue(raw, labels, dataclasses.replace(base, score_floor=floor))
-    for cap in (10, 100):
-        q[f"  variant: at most {cap} objects an image"] = object_queue(
-            raw, labels, dataclasses.replace(base, max_objects=cap))
-    q["  variant: the original view only"] = object_queue(raw, labels, base, views=(0,))
-    if raw_test is not None:
-        q["  variant: FCOS test-time scores (with centerness)"] = object_queue(raw_test, labels, base)
-    if anchors and raw_test is not None:
+    if variants:
+        for rank in ("noisy_or", "geometric", "min", "max"):
+            q[f"  variant: rank {rank}"] = object_queue(raw_test, labels,
+                                                        dataclasses.replace(base, rank=rank))
+        for floor in (0.02, 0.1, 0.2, 0.3):
+            q[f"  variant: floor {floor}"] = object_queue(
+                raw_test, labels, dataclasses.replace(base, score_floor=floor))
+        for cap in (10, 100):
+            q[f"  variant: at most {cap} objects an image"] = object_queue(
+                raw_test, labels, dataclasses.replace(base, max_objects=cap))
+        for iou in (0.4, 0.6):
+            q[f"  variant: grouping IoU {iou}"] = object_queue(
+                raw_test, labels, dataclasses.replace(base, group_iou=iou))
+            q[f"  variant: label IoU {iou}"] = object_queue(
+                raw_test, labels, dataclasses.replace(base, label_iou=iou))
+        q["  variant: the original view only"] = object_queue(raw_test, labels, base, views=(0,))
+    if anchors:
         q.update({f"anchor: {k}": v for k, v in anchor_queues(raw_test, labels, sparse).items()})
     return q
 
@@ -367,8 +379,8 @@ def main(argv=None) -> int:
         for it in its:
             last = it == its[-1]
             raw = raw_detections(paths["run"], it, class_score=True)
-            raw_test = raw_detections(paths["run"], it, class_score=False) if last else None
-            queues = rows_for(raw, raw_test, labels, sparse, config, anchors=last)
+            raw_test = raw_detections(paths["run"], it, class_score=False)
+            queues = rows_for(raw, raw_test, labels, sparse, config, anchors=last, variants=last)
             per_ckpt[it] = score_rows(queues, sparse, hidden)
             print(f"[{name}] checkpoint {it}: measured {len(queues)} rules", flush=True)
         results[name] = {"what": spec["what"], "n_erased": len(hidden["annotations"]),

@@ -73,6 +73,9 @@ class ReviewMining:
     group_iou: float = 0.5        # boxes of both views, any class, at IoU >= this: one object
     label_iou: float = 0.5        # an object at IoU >= this with an annotation is not missing
     rank: str = "mean"            # the object's score from the two views' best scores
+    score: str = "detection"      # detection: torchvision's test-time score (FCOS: with
+                                  # centerness, which ranks well-placed boxes first);
+                                  # class: co-generation's class score
 
     def validate(self) -> None:
         def bad(msg):
@@ -88,6 +91,8 @@ class ReviewMining:
             bad("--max-objects and the boxes per view must be at least 1")
         if self.rank not in RANKS:
             bad(f"unknown rank {self.rank!r}; choose one of {', '.join(RANKS)}")
+        if self.score not in ("detection", "class"):
+            bad(f"unknown review score {self.score!r}; choose detection or class")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

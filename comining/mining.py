@@ -4,9 +4,10 @@ one proposal per object.
 Training's co-generation keeps the paper's rules (comining.cogeneration); what an
 annotator reviews is mined by its own settings (`ReviewMining`): every box of each view
 above a low score floor (class-wise NMS, at most `max_per_view`), in original image
-pixels; then both views' boxes of an image become objects (comining.objects): grouped
-across views and classes, set apart where they are already labelled, ranked by both
-views. Each view's boxes stay in the store as candidates (the page shows each branch's
+pixels, scored as the test-time detector scores them (FCOS: with centerness, measured
+to rank the real objects first); then both views' boxes of an image become objects
+(comining.objects): grouped across views and classes, set apart where they are already
+labelled, ranked by both views. Each view's boxes stay in the store as candidates (the page shows each branch's
 own boxes); boxes both views found (same class, IoU >= 0.5) are marked agreed. A
 checkpoint's candidates and objects are written in one transaction: all or nothing.
 
@@ -161,7 +162,7 @@ def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: Min
                                   max_per_image=review.max_per_view, augment=augment,
                                   device=device, batch_size=batch_size,
                                   num_workers=num_workers, seed=seed, rank=rank,
-                                  world_size=world_size):
+                                  world_size=world_size, class_score=review.score == "class"):
         out.extend(image_candidates(rec, dets, dataset.coco.categories, review,
                                     crowd_ioa=thresholds.crowd_ioa))
     return out

@@ -21,7 +21,7 @@ import torch
 from comining import siamese
 from comining.augment import make_view_augmenter
 from comining.coco import load_coco
-from comining.config import MiningThresholds, TrainConfig
+from comining.config import MiningThresholds, ReviewMining, TrainConfig
 from comining.data import collate
 from comining.engine import RunContext
 from comining.mining import mine_dataset
@@ -133,7 +133,8 @@ def test_mining_agrees_with_fp32(pair):
     mined = {}
     for name, ctx in (("fp32", fp32), ("bf16", bf16)):
         cands = mine_dataset(ctx.dense, ctx.mining_dataset, ctx.config.thresholds, augment="color",
-                             device=torch.device("cpu"), batch_size=4, num_workers=0, seed=0)
+                             device=torch.device("cpu"), batch_size=4, num_workers=0, seed=0,
+                             review=ReviewMining(score_floor=0.5))
         mined[name] = [((c["image_id"], c["view"], c["category_id"]), torch.tensor(c["bbox"]))
                        for c in cands]
         assert all(0.5 <= c["score"] <= 1 for c in cands)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from comining import siamese, store
-from comining.config import METHODS, MiningThresholds, TrainConfig
+from comining.config import METHODS, MiningThresholds, ReviewMining, TrainConfig
 from comining.engine import list_checkpoints, load_checkpoint, train
 from comining.errors import CominingError, InputError
 from conftest import assert_clean_error, run_cli, write_json
@@ -187,7 +188,7 @@ def test_learning_rate_schedule_of_a_training_run(tiny_dataset, tmp_path, monkey
 def test_checkpoint_round_trip_and_store(tiny_dataset, tmp_path):
     low = MiningThresholds(score_thresh=0.001, nms_iou=0.5, gt_iou=0.4, max_per_image=5)
     cfg = tiny_config(tiny_dataset, tmp_path / "run", iters=4, checkpoint_every=2, mine=True,
-                      thresholds=low)
+                      thresholds=low, review=ReviewMining(score_floor=0.001, max_per_view=5))
     run = train(cfg, progress=False)
     its = [it for it, _ in list_checkpoints(run)]
     assert its == [2, 4]
@@ -222,17 +223,20 @@ def test_mining_keeps_no_box_thinner_than_a_pixel(tiny_dataset, tmp_path, monkey
     from comining.coco import load_coco
     from comining.engine import RunContext
 
-    def fake_pseudo(detector, head, anchors, per_level, batch, thresholds):
+    def fake_detections(detector, head, anchors, per_level, sizes, **kwargs):
         boxes = torch.tensor([[10.0, 10, 40, 40],      # a real box
                               [50.0, 50, 50, 70],      # zero width
                               [60.0, 20, 80, 20.2],    # a 0.2 px sliver on the canvas
                               [70.0, 70, 90, 90]])     # a real box
         return [{"boxes": boxes.clone(), "labels": torch.tensor([0, 0, 1, 1]),
-                 "scores": torch.tensor([0.9, 0.8, 0.7, 0.6])} for _ in batch.targets]
+                 "scores": torch.tensor([0.9, 0.8, 0.7, 0.6])} for _ in sizes]
 
-    monkeypatch.setattr(mining, "pseudo_boxes", fake_pseudo)
+    monkeypatch.setattr(mining, "view_detections", fake_detections)
     cfg = tiny_config(tiny_dataset, tmp_path / "run")
     ctx = RunContext(cfg, tmp_path / "run", load_coco(cfg.ann, cfg.images), torch.device("cpu"))
+    # no annotation to set the boxes apart: only the slivers may go
+    ctx.train_dataset.coco.images = [dataclasses.replace(r, boxes=r.boxes[:0], labels=r.labels[:0])
+                                     for r in ctx.train_dataset.coco.images]
     cands = mining.mine_dataset(ctx.dense, ctx.train_dataset, cfg.thresholds, augment="color",
                                 device=torch.device("cpu"), batch_size=2, num_workers=0, seed=0)
     n_images = len(ctx.train_dataset)

@@ -112,7 +112,8 @@ def effort_line(s: dict) -> str:
     n = s["n_erased"]
     if not n:
         return f"{s['n_items']} objects to review (no erased labels to score them against)"
-    k = min(n, s["n_items"])
-    return (f"reviewing the first {k} items finds {s['object']['found_at']['1']} of the {n} "
+    items = (f"the first {n} items" if s["n_items"] >= n else
+             f"all {s['n_items']} item{'s' if s['n_items'] != 1 else ''}")
+    return (f"reviewing {items} finds {s['object']['found_at']['1']} of the {n} "
             f"erased objects ({s['object']['found_at']['2']} within {min(2 * n, s['n_items'])}; "
             f"queue AP {s['object']['ap']:.2f}, {s['class']['ap']:.2f} with the right class)")

@@ -314,6 +314,11 @@ def test_cli_mining_table_and_json(tmp_path, capsys):
     assert set(data["mining"]) == {"50", "100"}
     assert data["mining"]["100"]["original"]["recall"] == pytest.approx(0.25)
     assert data["mining"]["50"]["union"]["n_mined"] == 0
+    # the review queue: at 100 one object, on one of the 4 erased labels
+    assert data["queue"]["100"]["n_items"] == 1 and data["queue"]["50"]["n_items"] == 0
+    assert data["queue"]["100"]["object"]["found_at"] == {"0.5": 1, "1": 1, "2": 1}
+    assert data["queue"]["100"]["object"]["ap"] == pytest.approx(0.25)
+    assert "at checkpoint 100: reviewing all 1 item finds 1 of the 4 erased objects" in text
 
 
 def test_cli_refuses_a_hidden_file_of_another_split(tmp_path, capsys):

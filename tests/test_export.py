@@ -201,6 +201,17 @@ def hand_box(name, view="original"):
     return image_id, cat, tuple(float(v) for v in next(b for v_, b, _ in views if v_ == view))
 
 
+def hand_object(name):
+    """(image_id, class, box) of a HAND object as exported: its views' boxes averaged with
+    their scores as weights (corners), rounded to 0.01 px."""
+    image_id, cat, views = HAND[name]
+    total = sum(s for _, _, s in views)
+    corners = [sum(s * (b[0] + k // 2 * b[2] if k % 2 == 0 else b[1] + k // 2 * b[3])
+                   for _, b, s in views) / total for k in range(4)]   # x0, y0, x1, y1
+    x0, y0, x1, y1 = corners
+    return image_id, cat, (round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2))
+
+
 def test_agreed_and_all_accept_automatically_by_hand(hand, tmp_path):
     """agreed: the undecided agreed objects with score >= min-score; all: every undecided
     object; a rejected object never (expected boxes from the hand-written checkpoint)."""
@@ -209,14 +220,18 @@ def test_agreed_and_all_accept_automatically_by_hand(hand, tmp_path):
     out = tmp_path / "agreed.json"
     s = export.export_run(run, out, accept="agreed", min_score=0.7)
     got = exported(out)
-    assert set(got) == {hand_box("A"), hand_box("E")}
-    assert [(got[hand_box(n)]["score"], got[hand_box(n)]["view"], got[hand_box(n)]["decision"])
-            for n in "AE"] == [(0.8, "both", "auto"), (0.75, "both", "auto")]
+    # an object's score: the mean of its views' scores (a view that did not see it: 0);
+    # A (0.80 + 0.78) / 2 = 0.79, E (0.75 + 0.73) / 2 = 0.74; B 0.64, C 0.475, F 0.275
+    assert hand_object("A") == (1, 1, (20.99, 20.0, 60.0, 60.0))   # (0.8*20 + 0.78*22) / 1.58
+    assert set(got) == {hand_object("A"), hand_object("E")}
+    assert [(got[hand_object(n)]["score"], got[hand_object(n)]["view"],
+             got[hand_object(n)]["decision"]) for n in "AE"] == [(0.79, "both", "auto"),
+                                                                 (0.74, "both", "auto")]
     assert (s["added"], s["auto"], s["human"], s["rejected"]) == (2, 2, 0, 1)
     export.export_run(run, out, accept="all", min_score=0.0)
-    assert set(exported(out)) == {hand_box(n) for n in "ABCEF"}
-    export.export_run(run, out, accept="all", min_score=0.7)
-    assert set(exported(out)) == {hand_box(n) for n in "ACE"}
+    assert set(exported(out)) == {hand_object(n) for n in "ABCEF"}
+    export.export_run(run, out, accept="all", min_score=0.45)
+    assert set(exported(out)) == {hand_object(n) for n in "ABCE"}
 
 
 def test_agreed_and_all_accept_automatically(run, tmp_path):
@@ -246,18 +261,18 @@ def test_agreed_and_all_accept_automatically(run, tmp_path):
 
 
 def test_min_score_never_drops_a_human_accept(hand, tmp_path, capsys):
-    """`export --accept agreed --min-score 0.9`: a human accept scored 0.55 is exported (the
-    docs: min-score filters only the automatic accepts), next to the one agreed object
-    scored >= 0.9."""
+    """`export --accept agreed --min-score 0.85`: a human accept scored 0.275 (F: 0.55 by one
+    view of two) is exported (the docs: min-score filters only the automatic accepts), next
+    to the one agreed object scored >= 0.85 (D: (0.90 + 0.88) / 2 = 0.89)."""
     run, ids = hand
     review.decide(run, ids[("F", "original")], "accepted", client="t")
     out = tmp_path / "e.json"
     assert main(["export", "--run", str(run.dir), "--out", str(out), "--accept", "agreed",
-                 "--min-score", "0.9"]) == 0
+                 "--min-score", "0.85"]) == 0
     got = exported(out)
-    assert set(got) == {hand_box("F"), hand_box("D")}
-    assert (got[hand_box("F")]["decision"], got[hand_box("F")]["score"]) == ("accepted", 0.55)
-    assert (got[hand_box("D")]["decision"], got[hand_box("D")]["score"]) == ("auto", 0.9)
+    assert set(got) == {hand_object("F"), hand_object("D")}
+    assert (got[hand_object("F")]["decision"], got[hand_object("F")]["score"]) == ("accepted", 0.275)
+    assert (got[hand_object("D")]["decision"], got[hand_object("D")]["score"]) == ("auto", 0.89)
     assert "added 2 boxes (1 reviewed, 1 automatic" in capsys.readouterr().out
 
 
@@ -290,7 +305,7 @@ def test_export_run_merges_what_it_collects(hand, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "collect", with_twins)
     out = tmp_path / "e.json"
     s = export.export_run(run, out, accept="all")
-    assert set(exported(out)) == {hand_box(n) for n in "ABCDEF"}
+    assert set(exported(out)) == {hand_object(n) for n in "ABCDEF"}
     assert (s["added"], s["merged_duplicates"]) == (6, 6)
 
 

@@ -168,7 +168,8 @@ def test_a_version_1_store_is_migrated_into_objects(tmp_path):
     run = review.open_run(info.run_dir)
     try:
         assert store.schema_version(run.conn) == store.SCHEMA_VERSION
-        items = review.all_items(run, 100)
+        items = {im: review.image_items(run, 100, im) for im in (1, 2)}
+        assert items == review.all_items(run, 100)
         members = sorted(m for its in items.values() for it in its for m in it.member_ids)
         assert len(members) == n_cands            # every candidate belongs to one object
         # each hidden object of the fixture (found by one or two views) is one item, plus

@@ -22,7 +22,7 @@ SELECT d.id, d.candidate_id, d.image_id, d.decision, d.category_id, d.x, d.y, d.
        d.decided_at, d.client,
        o.checkpoint AS c_checkpoint, o.category_id AS c_category, o.x AS c_x, o.y AS c_y,
        o.w AS c_w, o.h AS c_h, o.score AS c_score, o.view AS c_view,
-       o.view = 'both' AS c_agreed
+       o.view = 'both' AS c_agreed, o.id AS c_object
 FROM decisions d
 LEFT JOIN candidates c ON c.id = d.candidate_id AND c.image_id = d.image_id
      AND (SELECT k.mined_at FROM checkpoints k WHERE k.iteration = c.checkpoint) <= d.decided_at
@@ -43,7 +43,8 @@ def _decision(r) -> Decision:
         cand_box=(r["c_x"], r["c_y"], r["c_w"], r["c_h"]) if linked else None,
         cand_score=r["c_score"] if linked else None,
         cand_view=r["c_view"] if linked else None,
-        cand_agreed=bool(r["c_agreed"]) if linked else False)
+        cand_agreed=bool(r["c_agreed"]) if linked else False,
+        object_id=r["c_object"] if linked else None)
 
 
 def decisions(conn, image_id: int | None = None, *, ids=None) -> list[Decision]:
@@ -59,9 +60,9 @@ def decisions(conn, image_id: int | None = None, *, ids=None) -> list[Decision]:
     return [_decision(r) for r in rows]
 
 
-def _covering(item_boxes: np.ndarray, members: list[tuple], decs: list[Decision],
+def _covering(item_boxes: np.ndarray, item_ids: list[int], decs: list[Decision],
               include_rejected: bool) -> list[Decision | None]:
-    """For each item (box, member ids), the latest decision that covers it (see the
+    """For each item (box, object id), the latest decision that covers it (see the
     `comining.review` docstring: whatever the classes), vectorised over items x decisions."""
     n, m = len(item_boxes), len(decs)
     if m == 0:
@@ -72,14 +73,11 @@ def _covering(item_boxes: np.ndarray, members: list[tuple], decs: list[Decision]
     indirect = np.maximum(iou_matrix(item_boxes, d_box), iou_matrix(item_boxes, d_cand)) >= IOU_SAME
     if include_rejected:
         indirect &= np.array([d.decision != "rejected" for d in decs])[None]
-    where = {}
-    for i, ids in enumerate(members):
-        for cid in ids:
-            where[cid] = i
+    where = {oid: i for i, oid in enumerate(item_ids)}
     cover = indirect
     for j, d in enumerate(decs):
-        if d.linked and d.candidate_id in where:
-            cover[where[d.candidate_id], j] = True
+        if d.object_id in where:
+            cover[where[d.object_id], j] = True
     order = np.array([d.id for d in decs])
     out = []
     for i in range(n):
@@ -130,7 +128,7 @@ def decide_items(items: list[Item], decs: list[Decision], *,
     if not items or not decs:
         return items
     boxes = np.array([it.box for it in items], np.float64)
-    covering = _covering(boxes, [it.member_ids for it in items], decs, include_rejected)
+    covering = _covering(boxes, [it.id for it in items], decs, include_rejected)
     return [it if d is None else dataclasses.replace(it, state=d.decision, decision=d)
             for it, d in zip(items, covering)]
 
@@ -147,12 +145,13 @@ def image_items(run: Run, checkpoint: int, image_id: int, *,
 
 
 def grouped_items(conn, checkpoint: int) -> dict[int, list[Item]]:
-    """{image_id: pending items} over every image with objects at this checkpoint."""
-    members = _member_ids(conn, "checkpoint = ?", (checkpoint,))
+    """{image_id: pending items} over every image with objects at this checkpoint. Their
+    member_ids name only the best candidate (the object's id): all of them are read per
+    image (`image_items`), which keeps a checkpoint of millions of objects quick to load."""
     per_image: dict[int, list] = defaultdict(list)
     for r in _object_rows(conn, "checkpoint = ?", (checkpoint,)):
         per_image[r[1]].append(r)
-    return {im: object_items(rs, members, checkpoint) for im, rs in per_image.items()}
+    return {im: object_items(rs, {}, checkpoint) for im, rs in per_image.items()}
 
 
 def _checkpoint_groups(run: Run, checkpoint: int) -> dict[int, list[Item]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from comining.errors import InputError
 
@@ -46,6 +46,7 @@ class Decision:
     cand_score: float | None = None
     cand_view: str | None = None
     cand_agreed: bool = False
+    object_id: int | None = None        # the object of the candidate it was made on
 
     @property
     def linked(self) -> bool:
@@ -86,7 +87,7 @@ class Item:
     score: float
     view: str
     agreement: float                  # the weaker view's best score (0: one view only)
-    member_ids: tuple[int, ...]       # its candidates (each view's own boxes)
+    member_ids: tuple[int, ...] = field(compare=False)   # its candidates (each view's boxes)
     classes: tuple[tuple[int, float], ...] = ()   # class alternatives, best first
     on_label: int | None = None       # class of the annotation it overlaps, if any
     state: str = "pending"

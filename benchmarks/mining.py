@@ -15,8 +15,10 @@ labels (comining.queue_metrics: object level = any class, class level = the best
   + labelled   + drop a box overlapping an annotation of ANY class at IoU >= 0.5
   + objects    + both views' boxes of any class grouped into objects, ranked by their best box
   + fused rank + ranked by both views (co-generation's class scores)
-  + test-time  = the product (comining.mining.image_candidates): the detector's test-time
-               scores (FCOS: with centerness) instead of the class scores
+  + test-time  + the detector's test-time scores (FCOS: with centerness) instead of the
+               class scores
+  + soft       = the product (comining.mining.image_candidates): overlapping objects and
+               objects overlapping a label ranked down (Gaussian Soft-NMS, sigma 0.5)
   variants     other ranks, floors, caps, one view only
   anchors      FiftyOne's 'possibly missing' (> 0.95, unmatched at IoU 0.5 any class),
                Datumaro's missing-annotation rule (unmatched at IoU 0.75, label-agnostic),
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from collections import defaultdict
@@ -213,7 +214,7 @@ def object_queue(raw, labels: Labels, review, *, views=(0, 1)) -> list[dict]:
         objs = review_objects(xywh[keep], scores[keep], cats[keep], vs[keep], label_boxes=gt,
                               label_classes=gt_cls, crowd_boxes=crowd, group_iou=review.group_iou,
                               label_iou=review.label_iou, rank=review.rank,
-                              max_objects=review.max_objects)
+                              soft_sigma=review.soft_sigma, max_objects=review.max_objects)
         out.extend({"image_id": image_id, "bbox": list(o.box), "category_id": o.category_id,
                     "score": o.score, "on_label": o.on_label} for o in objs)
     return out
@@ -282,6 +283,7 @@ def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bo
     tau, theta1 = config.thresholds.score_thresh, config.thresholds.nms_iou
     base = ReviewMining()
     assert base.score == "detection", "the product row below scores with raw_test"
+    plain = dataclasses.replace(base, soft_sigma=None)
     q = {
         "paper (tau, union of views)": co_generation_queue(raw, labels, score=tau, nms_iou=theta1),
         f"+ recall-first floor ({base.score_floor})":
@@ -290,9 +292,10 @@ def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bo
             co_generation_queue(raw, labels, score=base.score_floor, nms_iou=theta1,
                                 any_class_iou=base.label_iou),
         "+ one item per object (ranked by its best box)":
-            object_queue(raw, labels, dataclasses.replace(base, rank="max")),
-        f"+ fused ranking ({base.rank} of the views' best scores)": object_queue(raw, labels, base),
-        "+ test-time scores (FCOS: with centerness) = the product":
+            object_queue(raw, labels, dataclasses.replace(plain, rank="max")),
+        f"+ fused ranking ({base.rank} of the views' best scores)": object_queue(raw, labels, plain),
+        "+ test-time scores (FCOS: with centerness)": object_queue(raw_test, labels, plain),
+        f"+ overlaps ranked down (Soft-NMS sigma {base.soft_sigma}) = the product":
             product_queue(raw_test, labels, base, sparse),
     }
     if variants:
@@ -305,6 +308,9 @@ def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bo
         for cap in (10, 100):
             q[f"  variant: at most {cap} objects an image"] = object_queue(
                 raw_test, labels, dataclasses.replace(base, max_objects=cap))
+        for sigma in (0.25, 1.0):
+            q[f"  variant: Soft-NMS sigma {sigma}"] = object_queue(
+                raw_test, labels, dataclasses.replace(base, soft_sigma=sigma))
         for iou in (0.4, 0.6):
             q[f"  variant: grouping IoU {iou}"] = object_queue(
                 raw_test, labels, dataclasses.replace(base, group_iou=iou))

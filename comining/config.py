@@ -73,6 +73,7 @@ class ReviewMining:
     group_iou: float = 0.5        # boxes of both views, any class, at IoU >= this: one object
     label_iou: float = 0.5        # an object at IoU >= this with an annotation is not missing
     rank: str = "mean"            # the object's score from the two views' best scores
+    soft_sigma: float | None = 0.5  # Soft-NMS across objects and labels (None: off)
     score: str = "detection"      # detection: torchvision's test-time score (FCOS: with
                                   # centerness, which ranks well-placed boxes first);
                                   # class: co-generation's class score
@@ -91,6 +92,8 @@ class ReviewMining:
             bad("--max-objects and the boxes per view must be at least 1")
         if self.rank not in RANKS:
             bad(f"unknown rank {self.rank!r}; choose one of {', '.join(RANKS)}")
+        if self.soft_sigma is not None and self.soft_sigma <= 0:
+            bad("the Soft-NMS sigma must be above 0 (or none: off)")
         if self.score not in ("detection", "class"):
             bad(f"unknown review score {self.score!r}; choose detection or class")
 

@@ -6,8 +6,8 @@ annotator reviews is mined by its own settings (`ReviewMining`): every box of ea
 above a low score floor (class-wise NMS, at most `max_per_view`), in original image
 pixels, scored as the test-time detector scores them (FCOS: with centerness, measured
 to rank the real objects first); then both views' boxes of an image become objects
-(comining.objects): grouped across views and classes, set apart where they are already
-labelled, ranked by both views. Each view's boxes stay in the store as candidates (the page shows each branch's
+(comining.objects): grouped across views and classes, ranked by both views (overlaps
+softly suppressed), set apart where they are already labelled. Each view's boxes stay in the store as candidates (the page shows each branch's
 own boxes); boxes both views found (same class, IoU >= 0.5) are marked agreed. A
 checkpoint's candidates and objects are written in one transaction: all or nothing.
 
@@ -115,7 +115,7 @@ def image_candidates(rec, dets: dict, categories, review: ReviewMining, *,
         label_classes=[categories.to_category_id(int(lab)) for lab in rec.labels],
         crowd_boxes=np.concatenate([crowd[:, :2], crowd[:, 2:] - crowd[:, :2]], axis=1),
         group_iou=review.group_iou, label_iou=review.label_iou, rank=review.rank,
-        max_objects=review.max_objects, crowd_ioa=crowd_ioa)
+        soft_sigma=review.soft_sigma, max_objects=review.max_objects, crowd_ioa=crowd_ioa)
     match_o, match_a = agreement(dets["original"][0], dets["original"][1],
                                  dets["augmented"][0], dets["augmented"][1], AGREEMENT_IOU)
     partner = {("original", k): ("augmented", int(m)) for k, m in enumerate(match_o.tolist()) if m >= 0}

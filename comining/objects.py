@@ -10,11 +10,16 @@ hesitates between. Pure functions over one image's boxes turn them into objects:
    not always on what), its class alternatives ranked, the best score of each view, and
    one ranking score from both views (`RANKS`, default the mean of the two views' best
    scores: an object both views see outranks one that a single view sees more strongly);
-3. objects on what is already labelled are not missing objects: one overlapping an
+3. overlapping objects are mostly one object boxed twice (a box of a part, a box shifted
+   by half its size): an object's ranking score decays with its overlap with each better
+   object of its image and with the image's annotations (known objects), the Gaussian of
+   Soft-NMS (Bodla et al., ICCV 2017; sigma 0.5, its default): score *= exp(-IoU^2 / sigma).
+   It reorders, it removes nothing;
+4. objects on what is already labelled are not missing objects: one overlapping an
    annotation (any class) with IoU >= label_iou is dropped when its best class is the
    label's, and kept apart (`on_label` = the label's class) when it is another: there a
    label may carry the wrong class;
-4. objects lying inside a crowd region are dropped, and the best `max_objects` are kept.
+5. objects lying inside a crowd region are dropped, and the best `max_objects` are kept.
 
 Boxes are COCO xywh in original image pixels; no torch here (the store uses it too).
 """
@@ -112,6 +117,30 @@ def group_objects(boxes, scores, labels, views, *, group_iou: float = 0.5,
     return out
 
 
+def soft_suppress(objects: list[MinedObject], label_boxes=(), *, sigma: float = 0.5) -> list[MinedObject]:
+    """Gaussian Soft-NMS over one image's objects, any class: greedily by current score,
+    each object decays the scores of the objects left by exp(-IoU^2 / sigma); then each
+    object's score decays by its best overlap with an annotation the same way. Returns
+    the objects (scores changed, classes kept), best first."""
+    if not objects or not sigma:
+        return list(objects)
+    boxes = np.array([o.box for o in objects], np.float64)
+    scores = np.array([o.score for o in objects], np.float64)
+    decay = np.exp(-iou_matrix(boxes, boxes) ** 2 / sigma)
+    left = list(range(len(objects)))
+    while left:
+        best = max(left, key=lambda k: (scores[k], -k))
+        left.remove(best)
+        for k in left:
+            scores[k] *= decay[best, k]
+    labels = np.asarray(label_boxes, np.float64).reshape(-1, 4)
+    if len(labels):
+        scores *= np.exp(-iou_matrix(boxes, labels).max(axis=1) ** 2 / sigma)
+    out = [_with(o, score=float(v)) for o, v in zip(objects, scores)]
+    out.sort(key=lambda o: -o.score)
+    return out
+
+
 def flag_labelled(objects: list[MinedObject], label_boxes, label_classes, *,
                   label_iou: float = 0.5) -> list[MinedObject]:
     """Objects that are not an existing annotation: one overlapping an annotation (any
@@ -147,11 +176,13 @@ def drop_in_crowd(objects: list[MinedObject], crowd_boxes, *, max_ioa: float = 0
 
 def review_objects(boxes, scores, labels, views, *, label_boxes=(), label_classes=(),
                    crowd_boxes=(), group_iou: float = 0.5, label_iou: float = 0.5,
-                   rank: str = "mean", max_objects: int | None = None,
-                   crowd_ioa: float = 0.5) -> list[MinedObject]:
-    """The whole rule for one image: group, set apart what is labelled, drop crowd,
-    keep the best `max_objects` (missing-object candidates and on-label ones alike)."""
+                   rank: str = "mean", soft_sigma: float | None = 0.5,
+                   max_objects: int | None = None, crowd_ioa: float = 0.5) -> list[MinedObject]:
+    """The whole rule for one image: group, rank (softly suppressing overlaps), set
+    apart what is labelled, drop crowd, keep the best `max_objects` (missing-object
+    candidates and on-label ones alike)."""
     objs = group_objects(boxes, scores, labels, views, group_iou=group_iou, rank=rank)
+    objs = soft_suppress(objs, label_boxes, sigma=soft_sigma)
     objs = flag_labelled(objs, label_boxes, label_classes, label_iou=label_iou)
     objs = drop_in_crowd(objs, crowd_boxes, max_ioa=crowd_ioa)
     return objs if max_objects is None else objs[:max_objects]

@@ -9,7 +9,10 @@ from __future__ import annotations
 import pytest
 
 from comining import review, store
-from comining.objects import drop_in_crowd, flag_labelled, group_objects, review_objects
+import math
+
+from comining.objects import (drop_in_crowd, flag_labelled, group_objects, review_objects,
+                              soft_suppress)
 from review_fixtures import THRESHOLDS, make_run
 
 O, A = 0, 1   # views
@@ -81,6 +84,23 @@ def test_crowd_regions_and_the_cap():
     capped = review_objects([[0, 0, 10, 10], [50, 50, 10, 10], [80, 80, 10, 10]], [0.9, 0.8, 0.7],
                             [1, 1, 1], [O, O, O], max_objects=2)
     assert [o.members for o in capped] == [(0,), (1,)]
+
+
+def test_overlapping_objects_and_labels_are_ranked_down_never_removed():
+    """A [0,0,10,10] 0.9; B [5,0,10,10] 0.8 (IoU with A: 50/150 = 1/3); C [40,40,10,10]
+    0.75, far away. Soft-NMS (sigma 0.5): B becomes 0.8 * exp(-(1/3)^2 / 0.5) = 0.64,
+    below C. A label at [45,40,10,10] overlaps C at IoU 1/3: C decays the same way."""
+    objs = group_objects([[0, 0, 10, 10], [5, 0, 10, 10], [40, 40, 10, 10]], [0.9, 0.8, 0.75],
+                         [1, 1, 2], [O, O, O], rank="max")
+    assert [o.score for o in objs] == [0.9, 0.8, 0.75]
+    out = soft_suppress(objs)
+    assert [o.members for o in out] == [(0,), (2,), (1,)]
+    assert out[2].score == pytest.approx(0.8 * math.exp(-(1 / 3) ** 2 / 0.5))
+    assert out[0].score == 0.9 and out[1].score == pytest.approx(0.75)
+    labelled = soft_suppress(objs, [[45, 40, 10, 10]])
+    c = next(o for o in labelled if o.members == (2,))
+    assert c.score == pytest.approx(0.75 * math.exp(-(1 / 3) ** 2 / 0.5))
+    assert len(labelled) == 3 and soft_suppress(objs, sigma=None) == objs
 
 
 # ----------------------------------------------------------------------------- in the store

@@ -25,7 +25,7 @@ import torch
 
 from comining import export, review, store
 from comining.cli import main
-from comining.config import MiningThresholds, TrainConfig
+from comining.config import MiningThresholds, ReviewMining, TrainConfig
 from comining.engine import list_checkpoints, load_checkpoint, train
 from conftest import REPO, run_cli
 from review_fixtures import make_run
@@ -144,6 +144,7 @@ def store_rows(run: Path, sql: str, args=()) -> list[tuple]:
 
 
 CANDIDATE_COLUMNS = "checkpoint, image_id, category_id, x, y, w, h, score, view, agreed"
+OBJECT_COLUMNS = "checkpoint, image_id, category_id, x, y, w, h, score, view, classes, on_label"
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -162,7 +163,9 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert {k: v for k, v in x.items() if k != "img_s"} == {k: v for k, v in y.items() if k != "img_s"}
     assert store_rows(b, "SELECT iteration FROM checkpoints ORDER BY iteration") == [(2,), (4,)]
     sql = f"SELECT {CANDIDATE_COLUMNS} FROM candidates ORDER BY checkpoint, id"
-    assert store_rows(a, sql) == store_rows(b, sql)
+    assert store_rows(a, sql) == store_rows(b, sql) != []
+    sql = f"SELECT {OBJECT_COLUMNS} FROM objects ORDER BY checkpoint, image_id, score DESC"
+    assert store_rows(a, sql) == store_rows(b, sql) != []
     assert integrity_ok(b / store.STORE_NAME)
 
 
@@ -185,7 +188,8 @@ def reference(small_dataset, tmp_path_factory) -> Path:
                       backbone="mobilenet_v3", fpn_channels=32, image_size=96, batch_size=2,
                       iters=4, checkpoint_every=2, weights_backbone="none", device="cpu",
                       num_workers=0, log_every=1,
-                      thresholds=MiningThresholds.for_detector("retinanet", score_thresh=0.001))
+                      thresholds=MiningThresholds.for_detector("retinanet", score_thresh=0.001),
+                      review=ReviewMining(score_floor=0.001))
     return train(cfg, progress=False)
 
 

@@ -379,7 +379,8 @@ def test_fast_mode_progress_plots_and_checkpoints_in_chromium(browser, tmp_path)
 def test_adjust_a_box_and_click_to_select_in_chromium(browser, tmp_path):
     from playwright.sync_api import expect
 
-    info = make_run(tmp_path)
+    # two large objects an image, side by side: a click lands well inside a box
+    info = make_run(tmp_path, n_objects=2, n_annotated=0, n_false=0)
     run = review.open_run(info.run_dir)
     with serve(info.run_dir) as (_, url):
         page = open_page(browser, url)

@@ -82,6 +82,25 @@ def oracle(images: torch.Tensor) -> list[dict]:
              "scores": torch.tensor([0.9])} for im in images]
 
 
+def install_oracle(monkeypatch, module):
+    """`module.view_detections` answers with the oracle over the images the network was
+    last given, recorded by the returned DenseForward subclass: (that class, the record).
+    Mining gives the network both views at once, the original first: every view is
+    answered with the original images' objects (the first len(sizes) of the input)."""
+    seen = []
+
+    class Recording(DenseForward):
+        def __call__(self, images):
+            seen.append(images)
+            return super().__call__(images)
+
+    def fake_view_detections(detector, head, anchors, per_level, sizes, **kwargs):
+        return oracle(seen[-1][:len(sizes)])
+
+    monkeypatch.setattr(module, "view_detections", fake_view_detections)
+    return Recording, seen
+
+
 def tiny_dense() -> DenseForward:
     torch.manual_seed(0)
     return DenseForward(build_detector("retinanet", "mobilenet_v3", 1, image_size=SIZE,
@@ -115,19 +134,7 @@ def test_mined_box_lands_on_the_object_in_original_pixels(world, monkeypatch, fl
     """A candidate's bbox is where the object is in the image file as seen (resized,
     padded, flipped and EXIF-rotated inputs alike), for both views."""
     _, images, ann = world
-    seen = []
-
-    class Recording(DenseForward):
-        def __call__(self, images):
-            seen.append(images)
-            return super().__call__(images)
-
-    def fake_view_detections(detector, head, anchors, per_level, sizes, **kwargs):
-        # both views see the original images' objects (the network input holds the
-        # original view first, then the augmented one)
-        return oracle(seen[-1][:len(sizes)])
-
-    monkeypatch.setattr(mining, "view_detections", fake_view_detections)
+    Recording, seen = install_oracle(monkeypatch, mining)
     coco = load_coco(ann, images)
     dataset = (FlippingDataset if flip else DetectionDataset)(coco, SIZE)
     if flip:
@@ -163,18 +170,8 @@ def _run_dir(tmp_path, images, ann):
 @pytest.fixture
 def oracle_predict(monkeypatch):
     """predict's detector replaced by the oracle (it sees the images the network sees)."""
-    seen = []
-
-    class Recording(DenseForward):
-        def __call__(self, images):
-            seen.append(images)
-            return super().__call__(images)
-
-    def fake_view_detections(detector, head, anchors, per_level, sizes, **kwargs):
-        return oracle(seen[-1])
-
+    Recording, seen = install_oracle(monkeypatch, predict)
     monkeypatch.setattr(predict, "DenseForward", Recording)
-    monkeypatch.setattr(predict, "view_detections", fake_view_detections)
     return seen
 
 

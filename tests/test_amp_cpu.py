@@ -15,6 +15,8 @@ run in bf16):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -142,3 +144,59 @@ def test_mining_agrees_with_fp32(pair):
     assert len(a) > 100
     assert abs(len(a) - len(b)) <= 0.1 * len(a)
     assert close_fraction(a, b) >= 0.8 and close_fraction(b, a) >= 0.8
+
+
+def _saved_run(ctx, path, amp, channels_last):
+    """The context's weights as a trained run folder whose config asks for amp/layout."""
+    import dataclasses
+    path.mkdir(parents=True)
+    (path / "checkpoints").mkdir()
+    dataclasses.replace(ctx.config, run=str(path), amp=amp, channels_last=channels_last,
+                        review=ctx.config.review).save(path / "config.json")
+    import json
+    categories = json.loads(Path(ctx.config.ann).read_text())["categories"]
+    torch.save({"model": ctx.detector.state_dict(), "iteration": 1, "categories": categories},
+               path / "checkpoints" / "iter_0000001.pt")
+    return path
+
+
+def test_predict_and_evaluate_agree_with_fp32(pair, tiny_dataset, tmp_path, capsys, monkeypatch):
+    """`predict` and `evaluate` of a run whose config asks for bf16 + channels_last run in
+    bf16 and give the fp32 run's detections (the same tolerances) and its COCO AP within
+    0.02."""
+    import json
+
+    from comining import predict
+    from comining.cli import main
+    from comining.predict import predict_dataset
+
+    dtypes = []
+
+    class Recording(predict.DenseForward):
+        def __call__(self, images):
+            dtypes.append(self.autocast_dtype)
+            return super().__call__(images)
+
+    monkeypatch.setattr(predict, "DenseForward", Recording)
+    fp32, _ = pair
+    images, ann = tiny_dataset / "images", tiny_dataset / "annotations" / "train.json"
+    dets, aps = {}, {}
+    for amp, layout in (("off", "off"), ("bf16", "on")):
+        run = _saved_run(fp32, tmp_path / amp, amp, layout)
+        dtypes.clear()
+        d = predict_dataset(run, images, ann, device="cpu", batch_size=4, num_workers=0,
+                            score_thresh=0.5)
+        dets[amp] = [((x["image_id"], x["category_id"]), torch.tensor(x["bbox"])) for x in d]
+        assert set(dtypes) == ({torch.bfloat16} if amp == "bf16" else {None}), dtypes
+        out = tmp_path / f"ap_{amp}.json"
+        assert main(["evaluate", "--run", str(run), "--images", str(images), "--ann", str(ann),
+                     "--device", "cpu", "--json", str(out)]) == 0
+        aps[amp] = json.loads(out.read_text())
+        assert set(dtypes) == ({torch.bfloat16} if amp == "bf16" else {None}), dtypes
+    a, b = dets["off"], dets["bf16"]
+    assert len(a) > 50
+    assert abs(len(a) - len(b)) <= 0.1 * len(a)
+    assert close_fraction(a, b) >= 0.8 and close_fraction(b, a) >= 0.8
+    assert aps["bf16"]["n_detections"] > 0
+    for key in ("AP", "AP50"):
+        assert aps["bf16"][key] == pytest.approx(aps["off"][key], abs=0.02), key

@@ -95,7 +95,8 @@ def merge_duplicates(records: list[dict], iou_thresh: float = review.IOU_SAME) -
 def build_enlarged(data: dict, accepted: list[dict]) -> dict:
     """The input COCO dict with every original annotation unchanged and the accepted
     records appended as new annotations (fresh ids from max id + 1, `area`,
-    `iscrowd: 0`, provenance under 'comining'). Boxes are clipped to their image.
+    `iscrowd: 0`, `segmentation: []`, provenance under 'comining' and as flat
+`attributes`, which CVAT and Datumaro keep). Boxes are clipped to their image.
     `data` is not modified. Records must already be merged (see merge_duplicates)."""
     images = {im["id"]: im for im in data.get("images", [])}
     categories = {c["id"] for c in data.get("categories", [])}
@@ -122,15 +123,28 @@ def build_enlarged(data: dict, accepted: list[dict]) -> dict:
     for r, box, area, score, usable in zip(records, boxes.tolist(), areas, scores, ok.tolist()):
         if not usable:
             continue
+        provenance = {"score": None if score != score else score,
+                      "view": r["view"], "checkpoint": r["checkpoint"],
+                      "decision": r["decision"], "reviewed_at": r["reviewed_at"],
+                      "candidate_id": r["candidate_id"]}
         new.append({
             "id": next_id, "image_id": r["image_id"], "category_id": r["category_id"],
-            "bbox": box, "area": area, "iscrowd": 0,
-            "comining": {"score": None if score != score else score,
-                         "view": r["view"], "checkpoint": r["checkpoint"],
-                         "decision": r["decision"], "reviewed_at": r["reviewed_at"],
-                         "candidate_id": r["candidate_id"]}})
+            "bbox": box, "area": area, "iscrowd": 0, "segmentation": [],
+            "attributes": _flat_attributes(provenance), "comining": provenance})
         next_id += 1
     out["annotations"] = originals + new
+    return out
+
+
+# Provenance as flat `attributes` too: Datumaro (and so CVAT's COCO import) keeps an
+# annotation's `attributes` dict of scalars and drops other keys such as "comining".
+ATTRIBUTE_KEYS = ("score", "view", "checkpoint", "decision")
+
+
+def _flat_attributes(provenance: dict) -> dict:
+    """The provenance as CVAT/Datumaro attributes: scalars, unknown values left out."""
+    out = {f"comining_{k}": provenance[k] for k in ATTRIBUTE_KEYS if provenance[k] is not None}
+    out["comining_round"] = 0   # one round so far: the loop's later rounds will count up
     return out
 
 

@@ -122,6 +122,13 @@ def test_build_enlarged_is_pure_and_numbers_from_the_max_id():
     assert out["annotations"][:2] == before["annotations"]
     new = out["annotations"][2]
     assert new["id"] == 91 and new["bbox"] == [90.0, 70.0, 10.0, 10.0] and new["area"] == 100.0
+    # the provenance twice: nested (pycocotools, FiftyOne keep it) and as flat attributes
+    # (Datumaro, so CVAT, keeps only those); no segmentation warning in Datumaro
+    assert new["segmentation"] == []
+    assert new["attributes"] == {"comining_score": 0.8, "comining_view": "original",
+                                 "comining_checkpoint": 4, "comining_decision": "auto",
+                                 "comining_round": 0}
+    assert new["comining"]["score"] == 0.8 and new["comining"]["candidate_id"] == 1
     with pytest.raises(InputError, match="not in the annotation file"):
         export.build_enlarged(data, [dict(rec, image_id=6)])
 

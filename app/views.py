@@ -208,7 +208,7 @@ def batch_preview(ctx, st, min_score):
     if st["checkpoint"] is None:
         return "No mined checkpoint yet.", gr.update(value="Accept 0 agreed", interactive=False)
     f = filters_of(st)
-    n = len(review.batch_candidates(ctx.run, st["checkpoint"], float(min_score), classes=f.classes))
+    n = review.batch_count(ctx.run, st["checkpoint"], float(min_score), classes=f.classes)
     scope = ", ".join(ctx.names[c] for c in f.classes) if f.classes else "all classes"
     text = (f"**{n}** pending candidates agreed by both views with score ≥ {float(min_score):.2f} "
             f"at checkpoint {st['checkpoint']} ({scope}).")

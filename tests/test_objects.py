@@ -200,3 +200,33 @@ def test_a_version_1_store_is_migrated_into_objects(tmp_path):
         assert all(it.state == "pending" for it in items[1])
     finally:
         run.close()
+
+
+def test_the_sql_queue_and_counts_agree_with_the_items(tmp_path):
+    """The queue ranked in SQL (undecided images) plus Python (decided ones) is the queue
+    built from every item, for several filters; so are the counts."""
+    from comining.review.items import _queue_of
+
+    info = make_run(tmp_path, n_images=6, checkpoints=(100, 200))
+    run = review.open_run(info.run_dir)
+    try:
+        items = review.all_items(run, 200)
+        first = sorted(items)[0]
+        review.decide(run, items[first][0].id, "rejected", client="t")
+        review.decide(run, items[first + 1][0].id, "accepted", client="t", category_id=2)
+        filters = [review.Filters(), review.Filters(classes=(1, 3)), review.Filters(views=("both",)),
+                   review.Filters(score_min=0.5, score_max=0.9),
+                   review.Filters(states=("pending", "accepted")), review.Filters(states=("rejected",)),
+                   review.Filters(labelled="all"), review.Filters(include_rejected=True)]
+        for f in filters:
+            slow = _queue_of(review.all_items(run, 200, include_rejected=f.include_rejected), f)
+            assert review.queue(run, 200, f) == slow, f
+            assert review.count_items(run, 200, f) == len(review.queue_items(run, 200, f)), f
+        assert review.batch_count(run, 200, 0.6) == len(review.batch_candidates(run, 200, 0.6)) > 0
+        # the decided images count their pending items only: 4 items an image, 1 decided
+        entries = {e.image_id: e for e in review.queue(run, 200)}
+        assert len(items[first]) == len(items[first + 1]) == 4
+        assert (entries[first].n_match, entries[first + 1].n_match) == (3, 3)
+        assert entries[first + 2].n_match == 4
+    finally:
+        run.close()

@@ -38,8 +38,8 @@ from __future__ import annotations
 from comining.review.boxes import clean_box, clean_boxes, iou, iou_matrix
 from comining.review.draw import crop, crops, describe, item_at, member_boxes, render
 from comining.review.items import (
-    all_items, decide_items, decisions, effective_decisions, grouped_items, image_items,
-    object_items, queue, queue_items,
+    all_items, count_items, decide_items, decisions, effective_decisions, grouped_items,
+    image_items, object_items, queue, queue_items,
 )
 from comining.review.records import (
     COLOURS, IOU_SAME, LABELLED, LAYERS, SORTS, STATES, VIEW_KINDS, VIEW_LABELS, Decision,
@@ -50,11 +50,11 @@ from comining.review.stats import (
     decision_counts, mining_quality, plot_data, plot_figures, progress, read_metrics,
 )
 from comining.review.writing import (
-    CountChanged, batch_accept, batch_candidates, decide, decide_many, undo,
+    CountChanged, batch_accept, batch_candidates, batch_count, decide, decide_many, undo,
 )
 
 __all__ = [
-    "all_items", "batch_accept", "batch_candidates", "clean_box",
+    "all_items", "batch_accept", "batch_candidates", "batch_count", "clean_box", "count_items",
     "clean_boxes", "COLOURS", "CountChanged", "crop", "crops", "decide", "decide_items",
     "decide_many", "Decision", "decision_counts", "decisions", "describe",
     "effective_decisions", "Filters", "grouped_items", "image_items", "object_items",

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from comining import store
 from comining.errors import InputError
 from comining.review.boxes import clean_box
-from comining.review.items import decisions, queue_items
+from comining.review.items import count_items, decisions, queue_items
 from comining.review.records import Decision, Filters, Item
 from comining.review.run import Run
 
@@ -94,12 +94,20 @@ def undo(run: Run, client: str | None) -> list[Decision]:
     return undone
 
 
+def _batch_filters(min_score: float, classes) -> Filters:
+    return Filters(classes=tuple(classes), views=("both",), score_min=float(min_score),
+                   score_max=1.0, states=("pending",))
+
+
 def batch_candidates(run: Run, checkpoint: int, min_score: float, *,
                      classes: tuple[int, ...] = ()) -> list[Item]:
-    """Pending items both views agree on, with score >= min_score (the batch preview)."""
-    f = Filters(classes=tuple(classes), views=("both",), score_min=float(min_score), score_max=1.0,
-                states=("pending",))
-    return queue_items(run, checkpoint, f)
+    """Pending items both views agree on, with score >= min_score (what batch accept takes)."""
+    return queue_items(run, checkpoint, _batch_filters(min_score, classes))
+
+
+def batch_count(run: Run, checkpoint: int, min_score: float, *, classes: tuple[int, ...] = ()) -> int:
+    """len(batch_candidates(...)), counted in SQL (the preview, shown on every page load)."""
+    return count_items(run, checkpoint, _batch_filters(min_score, classes))
 
 
 class CountChanged(InputError):

@@ -313,9 +313,13 @@ def main(argv=None) -> int:
     for action, layer, s, target in rows:
         table.append(f"| {action} | {layer} | {s['n']} | {s['p50']:.1f} | {s['p95']:.1f} | "
                      f"{s['max']:.1f} | < {target} | {verdict(s['p95'], target)} |")
+    # the targets: 5 s at 10,000 images (hardening issue), 60 s at COCO scale (queue issue)
+    ex_target = 60 if info["n_images"] > 20_000 else 5
     ex = ["| export | wall time (s) | boxes added | target | |", "|---|---:|---:|---:|---|"]
     for mode, v in exports.items():
-        ex.append(f"| `--accept {mode}` | {v['s']:.2f} | {v['added']} | < 5 | {verdict(v['s'], 5)} |")
+        ex.append(f"| `--accept {mode}` | {v['s']:.2f} | {v['added']} | < {ex_target} | "
+                  f"{verdict(v['s'], ex_target)} |")
+    load_target = 5.0
     commit = git_commit()
     md = f"""# Scale: {info['n_images']:,} images, {info['n_candidates']:,} candidates, {info['n_objects']:,} objects
 
@@ -341,7 +345,8 @@ gradio {gradio.__version__}. Load average (1 min) before / after: {load_before:.
   selected box's decision and redraws.
 - **logic**: the same through `comining.review` only.
 - Starting the app took {a['start_s']:.1f} s; the first page load (the queue over every
-  object, the batch preview, the first image) {a['load_s']:.2f} s; the Progress tab
+  object, the batch preview, the first image) {a['load_s']:.2f} s (target at COCO scale:
+  < {load_target:.0f} s, {verdict(a['load_s'], load_target)}); the Progress tab
   {a['progress_s']:.2f} s. The queue itself ({lg['n_queue']:,} images) takes
   {lg['queue_s']:.2f} s in `comining.review`.
 
@@ -364,12 +369,14 @@ after the benchmark's decisions. Building the run took {t_build:.0f} s.
 - The two interactive actions stay far below their targets: Gradio's queue round trip and
   the JPEG encoding dominate (~15-20 ms); comining's own part (store queries on indexed
   columns, decode, drawing) is a few ms, and does not grow with the run.
-- The first page load ({a['load_s']:.1f} s) reads every object of the checkpoint from the
-  store once (mining grouped the boxes into objects; ~13 us an object, in Python); the run
-  keeps them until the checkpoint is re-mined, so the Progress tab ({a['progress_s']:.1f} s),
-  queue filters and the batch preview only re-apply the decisions.
+- The first page load ({a['load_s']:.1f} s) ranks the images and counts the batch in SQL
+  over the store's objects (mining grouped the boxes into objects); only the images
+  someone decided on are built in Python. The Progress tab ({a['progress_s']:.1f} s) and the
+  fast mode still read every object of the checkpoint once (~13 us an object, in Python);
+  the run keeps them until the checkpoint is re-mined.
 - `--accept all` adds ~{exports['all']['added']:,} unreviewed objects: in a new process it
-  reads the checkpoint's objects too, then clips (vectorised) and merges the boxes; the
+  reads the pending objects in SQL, then clips (vectorised) and merges the boxes (one IoU
+  matrix an image); the
   cyclic garbage collector is paused over that bulk build (it cost a third of the time).
   The default export (`reviewed`) reads only the decisions.
 - The batch preview ("Accept N agreed") re-applies the decisions to the cached objects

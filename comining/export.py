@@ -67,11 +67,10 @@ def collect(run: review.Run, *, accept: str = "reviewed", min_score: float = 0.0
         it = store.resolve_checkpoint(conn, "last" if checkpoint is None else checkpoint, run.store_path)
         views = ("both",) if accept == "agreed" else ()
         f = review.Filters(views=views, score_min=min_score, score_max=1.0, states=("pending",))
-        for item in review.queue_items(run, it, f):
+        for oid, image_id, category_id, box, score, view in review.pending_objects(run, it, f):
             accepted.append(_record(
-                item.image_id, item.category_id, item.box, score=item.score, view=item.view,
-                checkpoint=it, decision="auto", reviewed_at=None, candidate_id=item.id,
-                human=False))
+                image_id, category_id, box, score=score, view=view, checkpoint=it,
+                decision="auto", reviewed_at=None, candidate_id=oid, human=False))
     return accepted, rejected
 
 
@@ -81,15 +80,21 @@ def merge_duplicates(records: list[dict], iou_thresh: float = review.IOU_SAME) -
     order = sorted(records, key=lambda r: (not r["human"], -(r["score"] if r["score"] is not None
                                                             else float("inf")),
                                            r["reviewed_at"] or "", r["candidate_id"] or 0))
-    kept: dict[int, list[dict]] = {}
-    out = []
+    per_image: dict[int, list[dict]] = {}
     for r in order:
-        same = kept.setdefault(r["image_id"], [])
-        if any(review.iou(r["bbox"], k["bbox"]) >= iou_thresh for k in same):
+        per_image.setdefault(r["image_id"], []).append(r)
+    keep = set()
+    for recs in per_image.values():
+        if len(recs) == 1:
+            keep.add(id(recs[0]))
             continue
-        same.append(r)
-        out.append(r)
-    return out
+        iou = review.iou_matrix([r["bbox"] for r in recs], [r["bbox"] for r in recs])
+        kept: list[int] = []
+        for i in range(len(recs)):     # one IoU matrix an image; the greedy walk in order
+            if not kept or iou[i, kept].max() < iou_thresh:
+                kept.append(i)
+        keep.update(id(recs[i]) for i in kept)
+    return [r for r in order if id(r) in keep]
 
 
 def build_enlarged(data: dict, accepted: list[dict]) -> dict:

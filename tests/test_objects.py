@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from comining import review, store
+import dataclasses
 import math
 
 from comining.objects import (drop_in_crowd, flag_labelled, group_objects, review_objects,
@@ -222,6 +223,9 @@ def test_the_sql_queue_and_counts_agree_with_the_items(tmp_path):
             slow = _queue_of(review.all_items(run, 200, include_rejected=f.include_rejected), f)
             assert review.queue(run, 200, f) == slow, f
             assert review.count_items(run, 200, f) == len(review.queue_items(run, 200, f)), f
+            pending = dataclasses.replace(f, states=("pending",))
+            assert [t[0] for t in review.pending_objects(run, 200, f)] == \
+                [it.id for it in review.queue_items(run, 200, pending)], f
         assert review.batch_count(run, 200, 0.6) == len(review.batch_candidates(run, 200, 0.6)) > 0
         # the decided images count their pending items only: 4 items an image, 1 decided
         entries = {e.image_id: e for e in review.queue(run, 200)}

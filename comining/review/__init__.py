@@ -39,7 +39,7 @@ from comining.review.boxes import clean_box, clean_boxes, iou, iou_matrix
 from comining.review.draw import crop, crops, describe, item_at, member_boxes, render
 from comining.review.items import (
     all_items, count_items, decide_items, decisions, effective_decisions, grouped_items,
-    image_items, object_items, queue, queue_items,
+    image_items, object_items, pending_objects, queue, queue_items,
 )
 from comining.review.records import (
     COLOURS, IOU_SAME, LABELLED, LAYERS, SORTS, STATES, VIEW_KINDS, VIEW_LABELS, Decision,
@@ -59,7 +59,7 @@ __all__ = [
     "decide_many", "Decision", "decision_counts", "decisions", "describe",
     "effective_decisions", "Filters", "grouped_items", "image_items", "object_items",
     "iou", "iou_matrix", "IOU_SAME", "LABELLED", "Item", "item_at", "member_boxes", "LAYERS", "mining_quality",
-    "open_run", "plot_data", "plot_figures", "progress", "queue", "queue_items",
+    "open_run", "pending_objects", "plot_data", "plot_figures", "progress", "queue", "queue_items",
     "QueueEntry", "read_metrics", "render", "Run", "SORTS", "STATES", "undo",
     "VIEW_KINDS", "VIEW_LABELS",
 ]

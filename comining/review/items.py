@@ -259,6 +259,23 @@ def _queue_of(items_by_image: dict[int, list[Item]], filters: Filters, *, keyed:
     return [e for _, e in entries]
 
 
+def pending_objects(run: Run, checkpoint: int, filters: Filters) -> list[tuple]:
+    """(id, image_id, category_id, box, score, view) of the pending items that pass the
+    filters (their states ignored), best first: what an automatic export takes. Read in
+    SQL for the images nobody decided on, without building their items."""
+    where, params = _filter_sql(filters)
+    out = [(r[0], r[1], r[2], (r[3], r[4], r[5], r[6]), r[7], r[10])
+           for r in _object_rows(run.conn, f"checkpoint = ? AND {where} AND NOT {_DECIDED}",
+                                 [checkpoint, *params])]
+    pending = dataclasses.replace(filters, states=("pending",))
+    for items in _decided_image_items(run, checkpoint,
+                                      include_rejected=filters.include_rejected).values():
+        out.extend((it.id, it.image_id, it.category_id, it.box, it.score, it.view)
+                   for it in items if pending.match(it))
+    out.sort(key=lambda t: (-t[4], t[1], t[0]))
+    return out
+
+
 def count_items(run: Run, checkpoint: int, filters: Filters) -> int:
     """len(queue_items(...)) without building the items of undecided images (SQL)."""
     conn = run.conn

@@ -229,12 +229,15 @@ def queue(run: Run, checkpoint: int, filters: Filters = Filters()) -> list[Queue
     entries = []
     if not filters.states or "pending" in filters.states:
         where, params = _filter_sql(filters)
-        totals = dict(conn.execute(f"SELECT image_id, COUNT(*) FROM objects WHERE checkpoint = ? "
-                                   f"AND NOT {_DECIDED} GROUP BY image_id", (checkpoint,)).fetchall())
-        for image_id, n_match, top in conn.execute(
-                f"SELECT image_id, COUNT(*), MAX(score) FROM objects WHERE checkpoint = ? AND "
-                f"{where} AND NOT {_DECIDED} GROUP BY image_id", [checkpoint, *params]).fetchall():
-            entries.append(((-top, image_id), QueueEntry(image_id, n_match, totals[image_id], top)))
+        # one pass over the checkpoint's objects: each image's items, matching items, and
+        # best matching score
+        rows = conn.execute(
+            f"SELECT image_id, COUNT(*), SUM({where}), MAX(CASE WHEN {where} THEN score END) "
+            f"FROM objects WHERE checkpoint = ? AND NOT {_DECIDED} GROUP BY image_id",
+            [*params, *params, checkpoint]).fetchall()
+        for image_id, n_items, n_match, top in rows:
+            if n_match:
+                entries.append(((-top, image_id), QueueEntry(image_id, n_match, n_items, top)))
     for _, entry in _queue_of(_decided_image_items(run, checkpoint,
                                                    include_rejected=filters.include_rejected),
                               filters, keyed=True):

@@ -16,7 +16,7 @@ from comining.errors import CominingError
 
 # Command modules under comining.cli, in the order `--help` lists them.
 COMMANDS = ["demo", "synth", "sparsify", "check", "train", "mine", "candidates", "predict",
-            "evaluate", "review", "export"]
+            "evaluate", "review", "decide", "export"]
 
 
 class _Parser(argparse.ArgumentParser):

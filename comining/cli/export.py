@@ -6,9 +6,11 @@ import argparse
 
 DESCRIPTION = """\
 Write the run's input annotation file with every original annotation unchanged plus
-the accepted boxes as new annotations (fresh ids, area, iscrowd 0, provenance under
-"comining": score, view, checkpoint, decision, reviewed_at). Duplicates across views
-and checkpoints are merged (same class, IoU >= 0.5: one object, one box). The write is
+the accepted boxes as new annotations (fresh ids, area, iscrowd 0, segmentation [],
+provenance under "comining": score, view, checkpoint, decision, reviewed_at, and as flat
+"attributes" comining_score, _view, _checkpoint, _decision, _round, which CVAT and
+Datumaro keep). Duplicates across views, classes and checkpoints are merged (IoU >= 0.5:
+one object, one box). The write is
 atomic and never replaces the run's input files; OUT.rejected.json lists the
 rejected candidates."""
 

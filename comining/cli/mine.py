@@ -7,7 +7,7 @@ from comining.cli.options import add_review_mining_args, review_mining_from_args
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "mine", help="re-mine a checkpoint with both views (other thresholds allowed)",
+        "mine", help="re-mine a checkpoint for review, both views (other settings allowed)",
         description="Mine the run's training set with both views at one checkpoint for review "
                     "(recall first: every box above the review score floor, grouped into "
                     "objects) and replace that checkpoint's candidates in the run's store "

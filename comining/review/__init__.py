@@ -45,6 +45,7 @@ from comining.review.records import (
     COLOURS, IOU_SAME, LABELLED, LAYERS, SORTS, STATES, VIEW_KINDS, VIEW_LABELS, Decision,
     Filters, Item, QueueEntry,
 )
+from comining.review.importing import import_decisions
 from comining.review.run import Run, open_run
 from comining.review.stats import (
     decision_counts, mining_quality, plot_data, plot_figures, progress, read_metrics,
@@ -57,7 +58,7 @@ __all__ = [
     "all_items", "batch_accept", "batch_candidates", "batch_count", "clean_box", "count_items",
     "clean_boxes", "COLOURS", "CountChanged", "crop", "crops", "decide", "decide_items",
     "decide_many", "Decision", "decision_counts", "decisions", "describe",
-    "effective_decisions", "Filters", "grouped_items", "image_items", "object_items",
+    "effective_decisions", "Filters", "import_decisions", "grouped_items", "image_items", "object_items",
     "iou", "iou_matrix", "IOU_SAME", "LABELLED", "Item", "item_at", "member_boxes", "LAYERS", "mining_quality",
     "open_run", "pending_objects", "plot_data", "plot_figures", "progress", "queue", "queue_items",
     "QueueEntry", "read_metrics", "render", "Run", "SORTS", "STATES", "undo",

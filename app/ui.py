@@ -49,6 +49,7 @@ def launch(run_dir, *, host: str = "127.0.0.1", port: int = 7860, auth=None, sha
     """Serve the review app for RUN_DIR; returns (demo, url). With block=True, serves
     until interrupted. `auth` is (user, password), 'USER:PASS', or None."""
     run = review.open_run(run_dir)
+    run.warm()
     if isinstance(auth, str):
         auth = parse_auth(auth)
     demo = build(run, private=auth is not None)

@@ -479,18 +479,18 @@ def test_export_reads_one_snapshot_of_the_store(decided_run, tmp_path, monkeypat
     r = review.open_run(decided_run.run_dir)
     other = review.open_run(decided_run.run_dir)
     target = review.queue_items(r, 200, review.Filters(views=("both",)))[0]
-    real = review.queue_items
+    real = review.pending_objects     # the export's read of the undecided objects
 
-    def queue_items_after_a_concurrent_decision(run, *a, **k):
-        if not getattr(queue_items_after_a_concurrent_decision, "done", False):
-            queue_items_after_a_concurrent_decision.done = True
+    def pending_after_a_concurrent_decision(run, *a, **k):
+        if not getattr(pending_after_a_concurrent_decision, "done", False):
+            pending_after_a_concurrent_decision.done = True
             t = threading.Thread(target=review.decide, args=(other, target.id, "rejected"),
                                  kwargs={"client": "other"})
             t.start()
             t.join()
         return real(run, *a, **k)
 
-    monkeypatch.setattr(review, "queue_items", queue_items_after_a_concurrent_decision)
+    monkeypatch.setattr(review, "pending_objects", pending_after_a_concurrent_decision)
     try:
         s = export.export_run(r, tmp_path / "a.json", accept="agreed", min_score=0.0)
         data = json.loads((tmp_path / "a.json").read_text())

@@ -63,7 +63,7 @@ class MinedObject:
     @property
     def view(self) -> str:
         seen = [v for v, s in zip(VIEWS, self.view_scores) if s > 0]
-        return "both" if len(seen) == 2 else seen[0]
+        return "both" if len(seen) == 2 else (seen[0] if seen else VIEWS[0])   # 0 scores: say original
 
 
 def group_objects(boxes, scores, labels, views, *, group_iou: float = 0.5,

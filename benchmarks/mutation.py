@@ -284,16 +284,16 @@ def main(argv=None) -> int:
     import mutmut
 
     explanations = json.loads(EXPLANATIONS.read_text()) if EXPLANATIONS.exists() else {}
-    previous = {}
-    if (RESULTS / "mutation.json").exists():
-        previous = json.loads((RESULTS / "mutation.json").read_text()).get("modules", {})
     t0 = time.monotonic()
-    results = dict(previous)
     for name in a.modules or list(MODULES):
         print(f"{name}: mutating {' '.join(MODULES[name]['files'])} against "
               f"{' '.join(MODULES[name]['tests'])}", flush=True)
         r = run_module(name, MODULES[name], a.jobs, explanations)
         r["commit"] = git_commit()
+        # the other modules' last results, read now (another invocation may have written)
+        results = {}
+        if (RESULTS / "mutation.json").exists():
+            results = json.loads((RESULTS / "mutation.json").read_text()).get("modules", {})
         results[name] = r
         print(f"  {r['mutants']} mutants, {r['killed']} killed ({r['killed_pct']} %), {r['survived']} "
               f"survived, {r['no_tests']} without a test, {r['unexplained']} unexplained, "

@@ -93,6 +93,15 @@ def test_members_are_listed_best_first_and_the_best_box_seeds_the_object():
     assert [o.members for o in objs] == [(2, 1, 0), (3,)]
 
 
+
+def test_equally_scored_objects_keep_their_input_order():
+    """60 separate boxes scoring 0.5, 0.9, 0.5, 0.9, ...: the 0.9 ones first, then the 0.5
+    ones, each in input order (a queue whose ties do not shuffle between runs)."""
+    n = 60
+    boxes = [[20 * i, 0, 10, 10] for i in range(n)]
+    objs = group_objects(boxes, [0.5, 0.9] * (n // 2), [1] * n, [O] * n)
+    assert [o.members[0] for o in objs] == list(range(1, n, 2)) + list(range(0, n, 2))
+
 def test_boxes_at_exactly_the_grouping_iou_are_one_object():
     # a 10x10 box and the 10x5 box inside it: IoU 50 / 100 = 0.5 = group_iou
     objs = group_objects([[0, 0, 10, 10], [0, 0, 10, 5]], [0.9, 0.8], [1, 1], [O, O])

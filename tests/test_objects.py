@@ -187,20 +187,25 @@ def test_review_objects_defaults():
 
 
 def test_review_objects_passes_on_every_setting():
-    """Each setting of review_objects changes its answer: group_iou 0.9 keeps two boxes of
-    IoU 0.82 apart; rank "max" scores a one-view object by its best score; label_iou 0.9
-    keeps an object at IoU 0.81 with a label; crowd_ioa 0.9 keeps an object 80 % inside a
-    crowd region; max_objects 3 keeps the best three."""
-    boxes = [[0, 0, 10, 10], [1, 0, 10, 10], [100, 0, 20, 20], [200, 0, 10, 10]]
-    objs = review_objects(boxes, [0.9, 0.8, 0.7, 0.6], [1, 1, 1, 1], [O, O, O, O],
-                          label_boxes=[[100, 0, 18, 18]], label_classes=[1],
-                          crowd_boxes=[[202, 0, 20, 20]], group_iou=0.9, rank="max",
-                          label_iou=0.9, crowd_ioa=0.9, max_objects=3)
-    assert [o.members for o in objs] == [(0,), (1,), (2,)]
-    assert [o.score for o in objs] == pytest.approx([0.9, 0.8, 0.7])
-    assert [o.on_label for o in objs] == [None, None, None]
-
-# ----------------------------------------------------------------------------- in the store
+    """Each setting of review_objects changes its answer (one image each)."""
+    pair = [[0, 0, 10, 10], [1, 0, 10, 10]]                          # IoU 90/110 = 0.82
+    assert len(review_objects(pair, [0.9, 0.8], [1, 1], [O, O])) == 1
+    assert len(review_objects(pair, [0.9, 0.8], [1, 1], [O, O], group_iou=0.9)) == 2
+    # rank "max": a one-view object scores its best score, not the mean with 0
+    assert review_objects([[0, 0, 10, 10]], [0.6], [1], [O], rank="max")[0].score == pytest.approx(0.6)
+    # an object at IoU 324/400 = 0.81 with a label of its class: dropped at 0.5, kept at 0.9
+    near_label = dict(label_boxes=[[100, 0, 18, 18]], label_classes=[1])
+    assert review_objects([[100, 0, 20, 20]], [0.7], [1], [O], **near_label) == []
+    kept = review_objects([[100, 0, 20, 20]], [0.7], [1], [O], label_iou=0.9, **near_label)
+    assert [o.on_label for o in kept] == [None]
+    # an object 80 % inside a crowd region: dropped at 0.5, kept at 0.9
+    crowd = dict(crowd_boxes=[[202, 0, 20, 20]])
+    assert review_objects([[200, 0, 10, 10]], [0.6], [1], [O], **crowd) == []
+    assert len(review_objects([[200, 0, 10, 10]], [0.6], [1], [O], crowd_ioa=0.9, **crowd)) == 1
+    # max_objects: the best ones
+    apart = [[0, 0, 10, 10], [100, 0, 10, 10], [200, 0, 10, 10]]
+    capped = review_objects(apart, [0.5, 0.9, 0.7], [1, 1, 1], [O, O, O], max_objects=2)
+    assert [o.members for o in capped] == [(1,), (2,)]
 
 
 def _remine(run, iteration, boxes):

@@ -57,33 +57,6 @@ def test_ranks_combine_the_two_views(rank, expected):
     assert objs[0].score == pytest.approx(expected)
 
 
-def test_an_object_on_a_label_of_another_class_is_set_apart_and_one_of_its_class_is_dropped():
-    """A label (class 3) at [0,0,20,20]. An object of class 1 exactly there: kept apart
-    (on_label 3: a possible wrong label). An object of class 3 there: the label itself,
-    dropped. An object at IoU 100/700 (1/7) with the label: a missing-object candidate."""
-    label_boxes, label_classes = [[0, 0, 20, 20]], [3]
-    other = group_objects([[0, 0, 20, 20]], [0.9], [1], [O])
-    same = group_objects([[0, 0, 20, 20]], [0.9], [3], [O])
-    near = group_objects([[10, 10, 20, 20]], [0.9], [1], [O])
-    assert [o.on_label for o in flag_labelled(other, label_boxes, label_classes)] == [3]
-    assert flag_labelled(same, label_boxes, label_classes) == []
-    assert [o.on_label for o in flag_labelled(near, label_boxes, label_classes)] == [None]
-    # the threshold is configurable: at 0.1 the near one is on the label too
-    assert [o.on_label for o in flag_labelled(near, label_boxes, label_classes, label_iou=0.1)] == [3]
-
-
-def test_crowd_regions_and_the_cap():
-    objs = group_objects([[0, 0, 10, 10], [50, 50, 10, 10], [80, 80, 10, 10]], [0.9, 0.8, 0.7],
-                         [1, 1, 1], [O, O, O])
-    # the crowd region covers the first box wholly and 4% of the second
-    kept = drop_in_crowd(objs, [[0, 0, 52, 52]])
-    assert [o.members for o in kept] == [(1,), (2,)]
-    capped = review_objects([[0, 0, 10, 10], [50, 50, 10, 10], [80, 80, 10, 10]], [0.9, 0.8, 0.7],
-                            [1, 1, 1], [O, O, O], max_objects=2)
-    assert [o.members for o in capped] == [(0,), (1,)]
-
-
-
 def test_members_are_listed_best_first_and_the_best_box_seeds_the_object():
     """Input order worst first: the object's members still come best first (2, 1, 0);
     a weaker box apart from them is an object of its own."""
@@ -206,6 +179,35 @@ def test_review_objects_passes_on_every_setting():
     apart = [[0, 0, 10, 10], [100, 0, 10, 10], [200, 0, 10, 10]]
     capped = review_objects(apart, [0.5, 0.9, 0.7], [1, 1, 1], [O, O, O], max_objects=2)
     assert [o.members for o in capped] == [(1,), (2,)]
+
+
+def test_an_object_on_a_label_of_another_class_is_set_apart_and_one_of_its_class_is_dropped():
+    """A label (class 3) at [0,0,20,20]. An object of class 1 exactly there: kept apart
+    (on_label 3: a possible wrong label). An object of class 3 there: the label itself,
+    dropped. An object at IoU 100/700 (1/7) with the label: a missing-object candidate."""
+    label_boxes, label_classes = [[0, 0, 20, 20]], [3]
+    other = group_objects([[0, 0, 20, 20]], [0.9], [1], [O])
+    same = group_objects([[0, 0, 20, 20]], [0.9], [3], [O])
+    near = group_objects([[10, 10, 20, 20]], [0.9], [1], [O])
+    assert [o.on_label for o in flag_labelled(other, label_boxes, label_classes)] == [3]
+    assert flag_labelled(same, label_boxes, label_classes) == []
+    assert [o.on_label for o in flag_labelled(near, label_boxes, label_classes)] == [None]
+    # the threshold is configurable: at 0.1 the near one is on the label too
+    assert [o.on_label for o in flag_labelled(near, label_boxes, label_classes, label_iou=0.1)] == [3]
+
+
+def test_crowd_regions_and_the_cap():
+    objs = group_objects([[0, 0, 10, 10], [50, 50, 10, 10], [80, 80, 10, 10]], [0.9, 0.8, 0.7],
+                         [1, 1, 1], [O, O, O])
+    # the crowd region covers the first box wholly and 4% of the second
+    kept = drop_in_crowd(objs, [[0, 0, 52, 52]])
+    assert [o.members for o in kept] == [(1,), (2,)]
+    capped = review_objects([[0, 0, 10, 10], [50, 50, 10, 10], [80, 80, 10, 10]], [0.9, 0.8, 0.7],
+                            [1, 1, 1], [O, O, O], max_objects=2)
+    assert [o.members for o in capped] == [(0,), (1,)]
+
+
+# ----------------------------------------------------------------------------- in the store
 
 
 def _remine(run, iteration, boxes):

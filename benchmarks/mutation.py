@@ -288,8 +288,9 @@ def main(argv=None) -> int:
     for name in a.modules or list(MODULES):
         print(f"{name}: mutating {' '.join(MODULES[name]['files'])} against "
               f"{' '.join(MODULES[name]['tests'])}", flush=True)
+        commit = git_commit()   # of the code the scratch copy is taken from
         r = run_module(name, MODULES[name], a.jobs, explanations)
-        r["commit"] = git_commit()
+        r["commit"] = commit
         # the other modules' last results, read now (another invocation may have written)
         results = {}
         if (RESULTS / "mutation.json").exists():
@@ -306,7 +307,7 @@ def main(argv=None) -> int:
                                                                                 else sys.argv[1:]),
                             cpu=cpu_name(), cores=os.cpu_count(), jobs=a.jobs,
                             date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                            commit=git_commit(), mutmut=getattr(mutmut, "__version__", "3"),
+                            commit=commit, mutmut=getattr(mutmut, "__version__", "3"),
                             seconds=time.monotonic() - t0))
     return 0
 

@@ -35,7 +35,6 @@ import argparse
 import ast
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -215,17 +214,23 @@ def run_module(name: str, spec: dict, jobs: int, explanations: dict) -> dict:
                 untested.append(dict(describe(work, mutant, file), status=status))
     if counts["mutants"] == 0:
         raise SystemExit(f"{name}: no mutants (see {work / 'mutmut-run.log'})\n" + proc.stdout[-3000:])
-    mine = explanations.get(name, {})
-    explained = 0
-    for s in survivors + untested:
-        s["explanation"] = mine.get(explanation_key(s))
-        explained += s["explanation"] is not None
     tested = counts["mutants"]
-    return dict(module=name, files=spec["files"], functions=spec["functions"], tests=spec["tests"],
-                **counts, killed_pct=round(100.0 * counts["killed"] / tested, 1),
-                explained=explained, unexplained=len(survivors) + len(untested) - explained,
-                survivors=survivors, not_run=untested, seconds=round(seconds, 1),
-                mutmut_rc=proc.returncode)
+    r = dict(module=name, files=spec["files"], functions=spec["functions"], tests=spec["tests"],
+             **counts, killed_pct=round(100.0 * counts["killed"] / tested, 1),
+             survivors=survivors, not_run=untested, seconds=round(seconds, 1),
+             mutmut_rc=proc.returncode)
+    return explain(r, explanations)
+
+
+def explain(r: dict, explanations: dict) -> dict:
+    """Attach each survivor's explanation (None: unexplained) and count them."""
+    mine = explanations.get(r["module"], {})
+    rows = r["survivors"] + r["not_run"]
+    for s in rows:
+        s["explanation"] = mine.get(explanation_key(s))
+    r["explained"] = sum(s["explanation"] is not None for s in rows)
+    r["unexplained"] = len(rows) - r["explained"]
+    return r
 
 
 def write(results: dict, meta: dict) -> None:
@@ -241,10 +246,13 @@ def write(results: dict, meta: dict) -> None:
            f"- date: {meta['date']}",
            f"- commit: {meta['commit']}",
            f"- mutmut: {meta['mutmut']}",
-           f"- duration of this invocation: {meta['seconds'] / 60:.1f} min", "",
+           f"- duration of this invocation: {meta['seconds'] / 60:.1f} min; of all the modules' "
+           f"last runs below: {sum(r['seconds'] for r in results.values()) / 60:.1f} min",
+           "- each module's row names the commit and date its run measured (a run with some "
+           "modules keeps the others' last results)", "",
            "| module | files | tests | mutants | killed | survived | timeouts | no tests | killed % "
-           "| explained | run (s) |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| explained | run (s) | commit, date |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in results.items():
         files = ", ".join(f.removeprefix("comining/") for f in r["files"])
         if r["functions"]:
@@ -252,7 +260,8 @@ def write(results: dict, meta: dict) -> None:
         tests = ", ".join(t.removeprefix("tests/") for t in r["tests"])
         out.append(f"| {name} | {files} | {tests} | {r['mutants']} | {r['killed']} | {r['survived']} "
                    f"| {r['timeout']} | {r['no_tests']} | {r['killed_pct']} | "
-                   f"{r['explained']}/{r['explained'] + r['unexplained']} | {r['seconds']} |")
+                   f"{r['explained']}/{r['explained'] + r['unexplained']} | {r['seconds']} "
+                   f"| {r.get('commit', '?')}, {r.get('date', '?')} |")
     for name, r in results.items():
         rows = r["survivors"] + r["not_run"]
         if not rows:
@@ -273,6 +282,9 @@ def main(argv=None) -> int:
     p.add_argument("modules", nargs="*", help=f"some of {', '.join(MODULES)} (default: all)")
     p.add_argument("--jobs", type=int, default=1, help="mutmut workers (default 1: a shared machine)")
     p.add_argument("--list", action="store_true", help="print the module -> tests map and stop")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rewrite mutation.md/.json from the last results and the "
+                        "current explanations (after editing mutation_explanations.json)")
     a = p.parse_args(argv)
     if a.list:
         for name, spec in MODULES.items():
@@ -281,9 +293,17 @@ def main(argv=None) -> int:
     unknown = [m for m in a.modules if m not in MODULES]
     if unknown:
         p.error(f"unknown module(s) {unknown}; choose from {list(MODULES)}")
+    explanations = json.loads(EXPLANATIONS.read_text()) if EXPLANATIONS.exists() else {}
+    if a.report_only:
+        saved = json.loads((RESULTS / "mutation.json").read_text())
+        meta = {k: v for k, v in saved.items() if k != "modules"}
+        results = {k: explain(v, explanations) for k, v in saved["modules"].items()}
+        write(results, meta)
+        for r in results.values():
+            print(f"{r['module']}: {r['killed_pct']} % killed, {r['unexplained']} unexplained")
+        return 0
     import mutmut
 
-    explanations = json.loads(EXPLANATIONS.read_text()) if EXPLANATIONS.exists() else {}
     t0 = time.monotonic()
     for name in a.modules or list(MODULES):
         print(f"{name}: mutating {' '.join(MODULES[name]['files'])} against "
@@ -291,6 +311,7 @@ def main(argv=None) -> int:
         commit = git_commit()   # of the code the scratch copy is taken from
         r = run_module(name, MODULES[name], a.jobs, explanations)
         r["commit"] = commit
+        r["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         # the other modules' last results, read now (another invocation may have written)
         results = {}
         if (RESULTS / "mutation.json").exists():

@@ -196,6 +196,9 @@ def test_build_enlarged_by_hand():
         {"id": 2, "image_id": 2, "category_id": 7, "bbox": [5000.0, 10.0, 30.0, 20.0], "area": 600.0,
          "iscrowd": 0, "comining": {"score": 0.1235, "view": "both", "checkpoint": 4,
                                     "decision": "auto", "reviewed_at": None, "candidate_id": 11}}]
+    # a dict with annotations only (no images, no categories) and nothing to add: unchanged
+    only = {"annotations": [{"id": 4, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}]}
+    assert export.build_enlarged(only, []) == only
     with pytest.raises(InputError) as e:
         export.build_enlarged(data, [_rec([0, 0, 5, 5], 0.5, image_id=1, cat=8)])
     assert str(e.value) == ("1 accepted boxes name an image or class that is not in the annotation "
@@ -267,6 +270,9 @@ def test_collect_refuses_bad_settings_with_one_line(hand):
     with pytest.raises(InputError) as e:
         export.collect(run, accept="all", min_score=1.5)
     assert str(e.value) == "--min-score must be within [0, 1], got 1.5"
+    with pytest.raises(InputError) as e:
+        export.collect(run, accept="all", checkpoint=999)
+    assert str(e.value) == f"{run.store_path}: checkpoint 999 was not mined; mined: 300"
 
 
 def test_export_run_summary_and_sidecar_by_hand(hand, tmp_path):

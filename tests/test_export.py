@@ -188,7 +188,8 @@ def test_build_enlarged_by_hand():
                  human=True, reviewed_at="2026-01-01T00:00:00", decision="edited")]
     out = export.build_enlarged(data, recs)
     assert set(out) == {"images", "categories", "annotations"}
-    assert out["annotations"] == [
+    keys = ("id", "image_id", "category_id", "bbox", "area", "iscrowd", "comining")
+    assert [{k: a[k] for k in keys} for a in out["annotations"]] == [
         {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10.0, 10.0, 1.25, 1.25], "area": 1.56,
          "iscrowd": 0, "comining": {"score": None, "view": "both", "checkpoint": 4,
                                     "decision": "edited", "reviewed_at": "2026-01-01T00:00:00",

@@ -73,9 +73,11 @@ MODULES: dict[str, dict] = {
     "export": dict(files=["comining/export.py"], functions=None,
                    tests=["tests/test_export.py", "tests/test_objects.py"]),
     "review": dict(files=["comining/review/writing.py", "comining/review/items.py"], functions=None,
-                   tests=["tests/test_review_logic.py", "tests/test_objects.py"]),
+                   tests=["tests/test_review_logic.py", "tests/test_review_decisions.py",
+                          "tests/test_objects.py"]),
     "store": dict(files=["comining/store.py"], functions=None,
-                  tests=["tests/test_objects.py", "tests/test_review_logic.py", "tests/test_export.py"]),
+                  tests=["tests/test_objects.py", "tests/test_review_logic.py",
+                         "tests/test_review_decisions.py", "tests/test_export.py"]),
     "mining": dict(files=["comining/mining.py"], functions=None,
                    tests=["tests/test_original_pixels.py", "tests/test_objects.py"]),
 }

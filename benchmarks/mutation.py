@@ -76,7 +76,7 @@ MODULES: dict[str, dict] = {
                    tests=["tests/test_review_logic.py", "tests/test_review_decisions.py",
                           "tests/test_objects.py"]),
     "store": dict(files=["comining/store.py"], functions=None,
-                  tests=["tests/test_objects.py", "tests/test_review_logic.py",
+                  tests=["tests/test_store.py", "tests/test_objects.py", "tests/test_review_logic.py",
                          "tests/test_review_decisions.py", "tests/test_export.py"]),
     "mining": dict(files=["comining/mining.py"], functions=None,
                    tests=["tests/test_original_pixels.py", "tests/test_objects.py"]),

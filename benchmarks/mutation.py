@@ -79,7 +79,8 @@ MODULES: dict[str, dict] = {
                   tests=["tests/test_store.py", "tests/test_objects.py", "tests/test_review_logic.py",
                          "tests/test_review_decisions.py", "tests/test_export.py"]),
     "mining": dict(files=["comining/mining.py"], functions=None,
-                   tests=["tests/test_original_pixels.py", "tests/test_objects.py"]),
+                   tests=["tests/test_mining_candidates.py", "tests/test_original_pixels.py",
+                          "tests/test_objects.py"]),
 }
 
 # What a scratch copy needs: the package, the tests and what they import, the pytest config.

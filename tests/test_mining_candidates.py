@@ -80,3 +80,59 @@ def test_settings_and_edge_cases():
     two = image_candidates(rec, d, CATEGORIES, ReviewMining(group_iou=0.99, rank="max", max_objects=2))
     assert [(c["key"], c["partner_key"]) for c in two] == [((3, "original", 0), None),
                                                            ((3, "original", 1), None)]
+
+
+def test_labels_and_crowd_regions_in_xyxy_become_xywh():
+    """Two labels and two crowd regions, none square (x and y, w and h cannot be mixed up).
+    The class-10 label [300,10,340,30] (40x20) lies exactly under an object of its class:
+    dropped. The crowd region [0,100,50,120] holds 40 x 20 of the 50 x 25 object
+    [10,100,60,125]: 0.64, dropped at 0.5, kept with crowd_ioa 0.7. label_iou is passed
+    on: an object at IoU 0.81 with a label of its class is dropped at 0.5, kept at 0.9."""
+    rec = SimpleNamespace(id=5, boxes=np.array([[500, 500, 510, 540], [300, 10, 340, 30]], np.float32),
+                          labels=np.array([1, 0]),
+                          crowd_boxes=np.array([[700, 700, 720, 760], [0, 100, 50, 120]], np.float32))
+    d = {"original": dets([[300, 10, 340, 30], [10, 100, 60, 125], [200, 300, 220, 320]],
+                          [0, 0, 0], [0.9, 0.8, 0.7]),
+         "augmented": dets([], [], [])}
+    keys = lambda out: [c["key"][2] for c in out]  # noqa: E731
+    assert keys(image_candidates(rec, d, CATEGORIES, ReviewMining())) == [2]
+    assert keys(image_candidates(rec, d, CATEGORIES, ReviewMining(), crowd_ioa=0.7)) == [1, 2]
+    # an object of class 10 at IoU 324/400 with a 18x18 class-10 label inside its 20x20 box
+    near = SimpleNamespace(id=5, boxes=np.array([[200, 300, 218, 318]], np.float32),
+                           labels=np.array([0]), crowd_boxes=np.zeros((0, 4), np.float32))
+    assert keys(image_candidates(near, d, CATEGORIES, ReviewMining())) == [0, 1]
+    assert keys(image_candidates(near, d, CATEGORIES, ReviewMining(label_iou=0.9))) == [0, 1, 2]
+
+
+def test_mine_dataset_passes_its_settings_on(monkeypatch):
+    """mine_dataset asks detect_views for boxes by the review settings (score floor, NMS IoU,
+    boxes per view, class scores, the shard) and keeps the crowd rule of its thresholds."""
+    from comining import mining
+    from comining.config import MiningThresholds
+    seen = {}
+    rec = SimpleNamespace(id=1, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                          crowd_boxes=np.array([[0, 0, 30, 30]], np.float32))
+    box = {"original": dets([[0, 0, 20, 30]], [0], [0.9]), "augmented": dets([], [], [])}
+
+    def fake_detect_views(dense, dataset, **kwargs):
+        seen.update(kwargs)
+        yield rec, box
+
+    monkeypatch.setattr(mining, "detect_views", fake_detect_views)
+    dataset = SimpleNamespace(coco=SimpleNamespace(categories=CATEGORIES))
+    common = dict(augment="color", device=torch.device("cpu"), batch_size=2, num_workers=0, seed=3)
+    t = MiningThresholds(score_thresh=0.6, nms_iou=0.55, crowd_ioa=0.5)
+    out = mining.mine_dataset(None, dataset, t, rank=1, world_size=2,
+                              review=ReviewMining(score_floor=0.1, max_per_view=7, score="class"),
+                              **common)
+    assert out == []                                   # wholly inside the crowd region
+    assert {k: seen[k] for k in ("score_thresh", "nms_iou", "max_per_image", "class_score", "rank",
+                                 "world_size")} == dict(score_thresh=0.1, nms_iou=0.55,
+                                                        max_per_image=7, class_score=True,
+                                                        rank=1, world_size=2)
+    out = mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.6, nms_iou=0.55,
+                                                              crowd_ioa=1.0),
+                              review=ReviewMining(nms_iou=0.4), **common)
+    assert len(out) == 1
+    assert (seen["score_thresh"], seen["nms_iou"], seen["max_per_image"], seen["class_score"],
+            seen["rank"], seen["world_size"]) == (0.05, 0.4, 100, False, 0, 1)

@@ -39,36 +39,42 @@ def test_a_mining_is_written_with_its_counts_partners_objects_and_settings(conn)
     obj = {"key": "o", "image_id": 1, "bbox": [10, 10, 20, 20], "score": 0.75, "category_id": 1,
            "classes": [[1, 0.75], [2, 0.1234567]], "view_scores": [0.8, 0.7], "view": "both",
            "on_label": 2}
+    # e: a second object as mining made it, agreed but its partner dropped (two originals
+    # agreeing, one augmented)
+    obj2 = {"key": "o2", "image_id": 2, "bbox": [60, 50, 10, 10], "score": 0.4, "category_id": 2,
+            "classes": [[2, 0.4]], "view_scores": [0.5, 0.0], "view": "original", "on_label": None}
+    e = dict(cand("e", 2, "original", [60, 50, 10, 10], 0.5, cat=2, obj=obj2), agreed=True)
     cands = [cand("a", 1, "original", [10, 10, 20, 20], 0.8, partner="b", obj=obj),
              cand("b", 1, "augmented", [11, 10, 20, 20], 0.7, partner="a", obj=obj),
-             cand("c", 2, "original", [50, 40, 10, 10], 0.6)]
+             cand("c", 2, "original", [50, 40, 10, 10], 0.6), e]
     store.replace_checkpoint_candidates(conn, iteration=10, path="ck.pt", thresholds=THRESHOLDS,
                                         candidates=cands, settings={"b": 1, "a": 2})
     (ck,) = store.checkpoints(conn)
     assert (ck["iteration"], ck["path"], ck["n_original"], ck["n_augmented"], ck["n_agreed"]) == \
-        (10, "ck.pt", 2, 1, 1)
+        (10, "ck.pt", 3, 1, 2)
     assert ck["settings"] == '{"a": 2, "b": 1}'
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", ck["mined_at"])
     rows = store.candidates(conn)
     assert rows == store.candidates(conn, 10)
-    a, b, c = rows
-    assert (a["partner_id"], b["partner_id"], c["partner_id"]) == (b["id"], a["id"], None)
-    assert [r["object_id"] for r in rows] == [a["id"], a["id"], c["id"]]
+    a, b, c, e = rows
+    assert [r["partner_id"] for r in rows] == [b["id"], a["id"], None, None]
+    assert [r["object_id"] for r in rows] == [a["id"], a["id"], c["id"], e["id"]]
     objs = store.objects(conn, 10)
-    assert [o["id"] for o in objs] == [a["id"], c["id"]]           # best ranked first
+    assert [o["id"] for o in objs] == [a["id"], e["id"], c["id"]]   # best ranked first
     o = objs[0]
     assert (o["image_id"], o["category_id"], o["score"], o["view"], o["on_label"]) == \
         (1, 1, 0.75, "both", 2)
     assert (o["x"], o["y"], o["w"], o["h"], o["score_original"], o["score_augmented"]) == \
         (10, 10, 20, 20, 0.8, 0.7)
     assert o["classes"] == "[[1, 0.75], [2, 0.123457]]"
-    assert objs[1]["on_label"] is None and objs[1]["view"] == "original"
+    assert (objs[1]["category_id"], objs[1]["score"], objs[1]["view"]) == (2, 0.4, "original")
+    assert objs[2]["on_label"] is None and objs[2]["view"] == "original"
     # a second checkpoint: objects() and candidates() of all, by checkpoint
     store.replace_checkpoint_candidates(conn, iteration=5, path="x", thresholds=THRESHOLDS,
                                         candidates=[cand("d", 2, "augmented", [0, 0, 9, 9], 0.9)])
     assert store.checkpoints(conn)[0]["settings"] is None
-    assert [r["checkpoint"] for r in store.candidates(conn)] == [5, 10, 10, 10]
-    assert [r["checkpoint"] for r in store.objects(conn)] == [5, 10, 10]
+    assert [r["checkpoint"] for r in store.candidates(conn)] == [5, 10, 10, 10, 10]
+    assert [r["checkpoint"] for r in store.objects(conn)] == [5, 10, 10, 10]
     assert len(store.objects(conn, 5)) == 1
 
 

@@ -4,7 +4,7 @@ PYTHON  ?= python3.11
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test browser bench-quick clean
+.PHONY: install demo test browser bench-quick mutation clean
 
 install: $(STAMP)
 
@@ -32,5 +32,10 @@ bench-quick: install
 	$(PY) benchmarks/speed.py --quick
 	$(PY) benchmarks/accuracy.py --quick
 
+# Mutation testing of the modules that touch a user's data (tens of minutes; not CI).
+# MODULES="cogeneration export" for some; benchmarks/results/mutation.md has the last run.
+mutation: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/mutation.py $(MODULES)
+
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) demo .pytest_cache mutants .mutation

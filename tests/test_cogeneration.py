@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comining.cogeneration import agreement, co_generate
+from comining.cogeneration import agreement, co_generate, intersection_over_first
 from comining.config import MiningThresholds
 
 T = MiningThresholds(score_thresh=0.6, nms_iou=0.5, gt_iou=0.4)
@@ -101,6 +101,59 @@ def test_agreement_matches_same_class_only():
     ma, mb = agreement(a, torch.tensor([0, 1]), b, torch.tensor([0, 2]))
     assert ma.tolist() == [0, -1] and mb.tolist() == [0, -1]
 
+
+
+def test_a_box_half_inside_a_crowd_region_is_kept():
+    """crowd_ioa = 0.5: dropped only when MORE than half of the box lies in the crowd region;
+    a 10x10 box with its left 5 columns inside (50 of 100 px) stays, 6 columns (60) goes."""
+    crowd = boxes([0, 0, 15, 100])
+    assert T.crowd_ioa == 0.5
+    assert kept(boxes([10, 0, 20, 10]), [0.9], [0], crowd=crowd) == [0]
+    assert kept(boxes([9, 0, 19, 10]), [0.9], [0], crowd=crowd) == []
+
+
+def test_intersection_over_first_by_hand():
+    """The share of each box inside each region, worked out by hand on boxes whose widths
+    and heights differ (so x and y cannot be swapped unnoticed)."""
+    box = boxes([0, 0, 10, 20])                # area 200
+    regions = boxes([5, 0, 30, 8],             # overlap 5 x 8 = 40   -> 0.2
+                    [5, 0, 30, 30],            # overlap 5 x 20 = 100 -> 0.5
+                    [40, 40, 50, 50],          # disjoint             -> 0
+                    [0, 25, 10, 30])           # same columns, rows apart -> 0
+    got = intersection_over_first(box, regions)
+    assert got.shape == (1, 4)
+    assert torch.allclose(got, torch.tensor([[0.2, 0.5, 0.0, 0.0]]))
+    # a box smaller than one pixel wholly inside a region lies wholly inside it
+    tiny = intersection_over_first(boxes([1, 1, 1.5, 1.5]), boxes([0, 0, 10, 10]))
+    assert torch.allclose(tiny, torch.tensor([[1.0]]))
+
+
+def test_agreement_with_an_empty_view_matches_nothing():
+    a = boxes([0, 0, 10, 10], [50, 50, 60, 60])
+    ma, mb = agreement(a, torch.tensor([0, 1]), NONE, NO_LABELS)
+    assert ma.tolist() == [-1, -1] and mb.tolist() == []
+    assert ma.dtype == torch.long and mb.dtype == torch.long
+    ma, mb = agreement(NONE, NO_LABELS, a, torch.tensor([0, 1]))
+    assert ma.tolist() == [] and mb.tolist() == [-1, -1]
+    assert ma.dtype == torch.long and mb.dtype == torch.long
+
+
+def test_agreement_one_box_each_and_the_threshold_is_inclusive():
+    """IoU exactly iou_thresh agrees (>=): a 10x10 box and the 10x5 box inside it, IoU 0.5."""
+    a, b = boxes([0, 0, 10, 10]), boxes([0, 0, 10, 5])
+    ma, mb = agreement(a, torch.tensor([2]), b, torch.tensor([2]), iou_thresh=0.5)
+    assert ma.tolist() == [0] and mb.tolist() == [0]
+    ma, mb = agreement(a, torch.tensor([2]), b, torch.tensor([2]), iou_thresh=0.6)
+    assert ma.tolist() == [-1] and mb.tolist() == [-1]
+
+
+def test_agreement_views_of_different_sizes():
+    """Three boxes in view a, two in view b: each side gets its own best partner."""
+    a = boxes([0, 0, 10, 10], [100, 100, 110, 110], [200, 0, 210, 10])
+    b = boxes([100, 100, 110, 111], [1, 0, 11, 10])
+    ma, mb = agreement(a, torch.tensor([0, 0, 0]), b, torch.tensor([0, 0]))
+    assert ma.tolist() == [1, 0, -1]
+    assert mb.tolist() == [1, 0]
 
 box_strategy = st.tuples(st.floats(0, 100), st.floats(0, 100), st.floats(1, 50), st.floats(1, 50)).map(
     lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]])

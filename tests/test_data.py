@@ -23,6 +23,37 @@ def test_geometry_resizes_longer_side_pads_and_maps_back():
     torch.testing.assert_close(flipped[0], torch.tensor([128 - 38.4, 6.4, 128 - 12.8, 32.0]))
 
 
+
+def test_geometry_keeps_integer_boxes_exact_and_returns_float32():
+    """Integer (or float64) pixel boxes are scaled without rounding, into float32 boxes:
+    200x100 -> 128x64 is a scale of 0.64, so [10, 10, 50, 50] -> [6.4, 6.4, 32, 32]."""
+    import numpy as np
+    image = torch.zeros((3, 100, 200), dtype=torch.uint8)
+    for boxes in (np.array([[10, 10, 50, 50]], np.int64), np.array([[10, 10, 50, 50]], np.float64)):
+        _, out, _, _ = apply_geometry(image, boxes, 128, False)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, torch.tensor([[6.4, 6.4, 32.0, 32.0]]))
+
+
+def test_geometry_pads_with_zeros_and_shrinks_fine_detail_to_its_average():
+    """The padding is 0 whatever the image; shrinking by 4 a pattern of vertical stripes
+    (one white column in four: mean 63.75) gives about that grey (antialiased), not the
+    black that sampling between the white columns would give."""
+    image = torch.zeros((3, 100, 400), dtype=torch.uint8)
+    image[:, :, 0::4] = 255
+    padded, _, _, (h, w) = apply_geometry(image, torch.zeros((0, 4)).numpy(), 100, False)
+    assert (h, w) == (25, 100)
+    assert (padded[:, h:, :] == 0).all()
+    inner = padded[:, 2:h - 2, 2:w - 2].float()
+    assert 50 <= inner.min() and inner.max() <= 80
+
+
+def test_boxes_to_original_clamps_above_and_left_of_the_image():
+    # a box reaching above and left of the canvas: clamped to 0 on both axes
+    b = boxes_to_original(torch.tensor([[-8.0, -6.0, 20.0, 30.0]]), (0.5, 0.5), (64, 64),
+                          False, 128, 128)
+    assert b.tolist() == [[0.0, 0.0, 40.0, 60.0]]
+
 def test_padding_stays_black_and_views_differ_only_in_colour(tiny_dataset):
     ds = DetectionDataset(load_coco(tiny_dataset / "annotations" / "train.json",
                                     tiny_dataset / "images"), 160)

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -153,6 +154,184 @@ def test_a_box_empty_inside_its_image_is_dropped_and_counted(info, tmp_path):
     assert [x["bbox"] for x in new] == [[10.0, 10.0, 30.0, 30.0]]
     assert (s["added"], s["auto"], s["dropped_empty"]) == (1, 1, 1)
     assert "1 empty once clipped to the image, dropped" in export.summary_line(s)
+
+# ----------------------------------------------------------------------------- by hand, pure
+
+
+def _rec(box, score, *, human=False, image_id=1, cat=1, reviewed_at=None, candidate_id=1,
+         decision=None):
+    return {"image_id": image_id, "category_id": cat, "bbox": box, "score": score, "view": "both",
+            "checkpoint": 4, "decision": decision or ("accepted" if human else "auto"),
+            "reviewed_at": reviewed_at, "candidate_id": candidate_id, "human": human}
+
+
+def test_merge_duplicates_tie_breaks_by_hand():
+    """Among automatic accepts of one object: the higher score wins; a record without a
+    score comes before any score; equal scores: the smaller candidate id. Among human
+    decisions of equal score: the earlier one. IoU exactly 0.5 is the same object."""
+    keep = lambda recs: [r["candidate_id"] for r in export.merge_duplicates(recs)]  # noqa: E731
+    box, shifted = [0, 0, 10, 10], [1, 0, 10, 10]
+    assert keep([_rec(box, 0.6, candidate_id=1), _rec(shifted, 0.9, candidate_id=2)]) == [2]
+    assert keep([_rec(box, 0.9, candidate_id=1), _rec(shifted, None, candidate_id=2)]) == [2]
+    assert keep([_rec(box, 0.7, candidate_id=5), _rec(shifted, 0.7, candidate_id=3)]) == [3]
+    assert keep([_rec(box, 0.7, human=True, reviewed_at="2026-01-02T00:00:00", candidate_id=1),
+                 _rec(shifted, 0.7, human=True, reviewed_at="2026-01-01T00:00:00", candidate_id=2)]) == [2]
+    # a 10x10 box and the 10x5 box inside it: IoU 50 / 100 = 0.5
+    assert keep([_rec(box, 0.9, candidate_id=1), _rec([0, 0, 10, 5], 0.8, candidate_id=2)]) == [1]
+    # other images never merge
+    assert keep([_rec(box, 0.9, candidate_id=1), _rec(box, 0.8, image_id=2, candidate_id=2)]) == [1, 2]
+
+
+def test_build_enlarged_by_hand():
+    """No 'annotations' key: ids start at 1. An image without a size clips nothing. Areas
+    are rounded to 0.01 px^2, scores to 4 decimals, a missing score is null. A box empty
+    inside its image is dropped wherever it sorts (the later boxes are kept)."""
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 80},
+                       {"id": 2, "file_name": "b.png"}],
+            "categories": [{"id": 7, "name": "x"}]}
+    recs = [_rec([5000.0, 10.0, 30.0, 20.0], 0.123456, image_id=2, cat=7, candidate_id=11),
+            _rec([150.0, 10.0, 5.0, 5.0], 0.9, image_id=1, cat=7, candidate_id=12),   # outside
+            _rec([10.0, 10.0, 1.25, 1.25], None, image_id=1, cat=7, candidate_id=13,
+                 human=True, reviewed_at="2026-01-01T00:00:00", decision="edited")]
+    out = export.build_enlarged(data, recs)
+    assert set(out) == {"images", "categories", "annotations"}
+    keys = ("id", "image_id", "category_id", "bbox", "area", "iscrowd", "comining")
+    assert [{k: a[k] for k in keys} for a in out["annotations"]] == [
+        {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10.0, 10.0, 1.25, 1.25], "area": 1.56,
+         "iscrowd": 0, "comining": {"score": None, "view": "both", "checkpoint": 4,
+                                    "decision": "edited", "reviewed_at": "2026-01-01T00:00:00",
+                                    "candidate_id": 13}},
+        {"id": 2, "image_id": 2, "category_id": 7, "bbox": [5000.0, 10.0, 30.0, 20.0], "area": 600.0,
+         "iscrowd": 0, "comining": {"score": 0.1235, "view": "both", "checkpoint": 4,
+                                    "decision": "auto", "reviewed_at": None, "candidate_id": 11}}]
+    # a dict with annotations only (no images, no categories) and nothing to add: unchanged
+    only = {"annotations": [{"id": 4, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}]}
+    assert export.build_enlarged(only, []) == only
+    with pytest.raises(InputError) as e:
+        export.build_enlarged(data, [_rec([0, 0, 5, 5], 0.5, image_id=1, cat=8)])
+    assert str(e.value) == ("1 accepted boxes name an image or class that is not in the annotation "
+                            "file (first: image 1, class 8): does the run's store belong to this file?")
+
+
+def test_sidecar_path_and_summary_line():
+    assert export.sidecar_path("/d/out.json") == Path("/d/out.rejected.json")
+    assert export.sidecar_path("/d/OUT.JSON") == Path("/d/OUT.rejected.json")
+    assert export.sidecar_path("/d/out.txt") == Path("/d/out.txt.rejected.json")
+    s = {"out": "o.json", "sidecar": "o.rejected.json", "added": 3, "human": 1, "auto": 2,
+         "merged_duplicates": 4, "rejected": 5, "original": 6}
+    line = ("added 3 boxes (1 reviewed, 2 automatic; 4 duplicates merged) to the 6 original "
+            "annotations -> o.json; 5 rejected listed in o.rejected.json")
+    assert export.summary_line(s) == line
+    assert export.summary_line(dict(s, dropped_empty=0)) == line
+    assert export.summary_line(dict(s, dropped_empty=2)) == line.replace(
+        "merged)", "merged; 2 empty once clipped to the image, dropped)")
+
+
+# ----------------------------------------------------------------------------- collect, export_run
+
+
+def test_collect_by_mode_with_its_defaults(hand):
+    """HAND: A B D E are agreed objects, C and F one-view ones. A accepted, C accepted as
+    class 2 (edited), D rejected. Default mode: the two human accepts; 'all' adds B E F
+    automatically (checkpoint 'last', any score), 'agreed' only B E."""
+    run, ids = hand
+    a, c, d = ids[("A", "original")], ids[("C", "original")], ids[("D", "original")]
+    review.decide(run, a, "accepted", client="t")
+    review.decide(run, c, "accepted", client="t", category_id=2)
+    review.decide(run, d, "rejected", client="t")
+    accepted, rejected = export.collect(run)
+    human = sorted((r["candidate_id"], r["category_id"], r["decision"], r["human"], r["checkpoint"])
+                   for r in accepted)
+    assert human == sorted([(a, 1, "accepted", True, 300), (c, 2, "edited", True, 300)])
+    assert all(r["reviewed_at"] for r in accepted)
+    assert len(rejected) == 1
+    r = rejected[0]
+    assert set(r) == {"candidate_id", "image_id", "category_id", "bbox", "score", "view",
+                      "checkpoint", "decided_at", "client"}
+    assert (r["candidate_id"], r["image_id"], r["category_id"], r["view"], r["checkpoint"],
+            r["client"]) == (d, 2, 1, "both", 300, "t")
+    assert len(r["bbox"]) == 4 and 0.8 < r["score"] <= 0.9 and r["decided_at"]
+
+    def autos(**kw):
+        acc, _ = export.collect(run, **kw)
+        assert len([x for x in acc if x["human"]]) == 2
+        auto = [x for x in acc if not x["human"]]
+        assert all(x["decision"] == "auto" and x["reviewed_at"] is None and x["checkpoint"] == 300
+                   and x["human"] is False for x in auto)
+        return sorted((x["image_id"], x["category_id"], x["view"]) for x in auto), auto
+
+    every, auto = autos(accept="all")
+    assert every == [(1, 1, "both"), (1, 2, "original"), (2, 1, "both")]
+    assert {x["candidate_id"] for x in auto} == {ids[("B", "original")], ids[("E", "original")],
+                                                ids[("F", "original")]}
+    assert autos(accept="all", checkpoint=None)[0] == every
+    assert autos(accept="all", checkpoint=300)[0] == every
+    assert autos(accept="agreed")[0] == [(1, 1, "both"), (2, 1, "both")]
+    assert autos(accept="all", min_score=1.0)[0] == []      # 1 is allowed: no score reaches it
+
+
+def test_collect_refuses_bad_settings_with_one_line(hand):
+    run, _ = hand
+    with pytest.raises(InputError) as e:
+        export.collect(run, accept="some")
+    assert str(e.value) == "--accept must be one of reviewed, agreed, all, got 'some'"
+    with pytest.raises(InputError) as e:
+        export.collect(run, accept="all", min_score=1.5)
+    assert str(e.value) == "--min-score must be within [0, 1], got 1.5"
+    with pytest.raises(InputError) as e:
+        export.collect(run, accept="all", checkpoint=999)
+    assert str(e.value) == f"{run.store_path}: checkpoint 999 was not mined; mined: 300"
+
+
+def test_export_run_summary_and_sidecar_by_hand(hand, tmp_path):
+    run, ids = hand
+    review.decide(run, ids[("A", "original")], "accepted", client="t")
+    review.decide(run, ids[("D", "original")], "rejected", client="t")
+    out = tmp_path / "enlarged.json"
+    side = tmp_path / "enlarged.rejected.json"
+    n = len(json.loads(run.ann_path.read_text())["annotations"])
+    s = export.export_run(run, out, accept="agreed")       # A by hand; B and E automatically
+    assert s == {"out": str(out), "sidecar": str(side), "accept": "agreed", "added": 3, "human": 1,
+                 "auto": 2, "merged_duplicates": 0, "dropped_empty": 0, "rejected": 1, "original": n}
+    sidecar = json.loads(side.read_text())
+    assert set(sidecar) == {"comining", "source", "export", "accept", "exported_at", "rejected"}
+    assert (sidecar["comining"], sidecar["source"], sidecar["export"], sidecar["accept"]) == \
+        ("rejected candidates", str(run.ann_path), str(out), "agreed")
+    assert sidecar["exported_at"].endswith("+00:00")       # UTC, said so
+    assert [r["candidate_id"] for r in sidecar["rejected"]] == [ids[("D", "original")]]
+
+
+def test_export_run_refusals_name_the_file(hand, tmp_path):
+    import os
+    run, _ = hand
+    # the sidecar would overwrite the input annotation file
+    out = tmp_path / "e.json"
+    os.symlink(run.ann_path, tmp_path / "e.rejected.json")
+    with pytest.raises(InputError, match="refusing to overwrite the input file"):
+        export.export_run(run, out)
+    # the output and its sidecar are one file (a hard link)
+    out2 = tmp_path / "f.json"
+    out2.write_text("{}")
+    os.link(out2, tmp_path / "f.rejected.json")
+    with pytest.raises(InputError) as e:
+        export.export_run(run, out2)
+    assert str(e.value) == f"{out2}: the output and its sidecar would be the same file"
+    missing = tmp_path / "nowhere" / "g.json"
+    with pytest.raises(InputError) as e:
+        export.export_run(run, missing)
+    assert str(e.value) == f"{missing}: output folder {missing.parent} does not exist"
+    ann_path = run.ann_path
+    run.ann_path = None
+    try:
+        with pytest.raises(InputError) as e:
+            export.export_run(run, tmp_path / "h.json")
+        assert str(e.value) == f"{run.store_path}: the run does not record its input annotation file"
+    finally:
+        run.ann_path = ann_path
+    ann_path.write_text(json.dumps({"images": 5, "annotations": [], "categories": []}))
+    with pytest.raises(InputError) as e:
+        export.export_run(run, tmp_path / "i.json")
+    assert str(e.value).startswith(f"{ann_path}: ")
 
 
 # A checkpoint written by hand (xywh boxes, 480x360 images): per object, its candidates

@@ -61,6 +61,130 @@ def test_ranks_combine_the_two_views(rank, expected):
     assert objs[0].score == pytest.approx(expected)
 
 
+def test_members_are_listed_best_first_and_the_best_box_seeds_the_object():
+    """Input order worst first: the object's members still come best first (2, 1, 0);
+    a weaker box apart from them is an object of its own."""
+    boxes = [[0, 0, 10, 10], [1, 0, 10, 10], [0, 1, 10, 10],   # one object (IoU >= 0.68)
+             [10, 0, 10, 10]]                                  # touching it: IoU 0
+    objs = group_objects(boxes, [0.5, 0.6, 0.7, 0.4], [1, 1, 1, 1], [O, O, O, O])
+    assert [o.members for o in objs] == [(2, 1, 0), (3,)]
+
+
+
+def test_equally_scored_objects_keep_their_input_order():
+    """60 separate boxes scoring 0.5, 0.9, 0.5, 0.9, ...: the 0.9 ones first, then the 0.5
+    ones, each in input order (a queue whose ties do not shuffle between runs)."""
+    n = 60
+    boxes = [[20 * i, 0, 10, 10] for i in range(n)]
+    objs = group_objects(boxes, [0.5, 0.9] * (n // 2), [1] * n, [O] * n)
+    assert [o.members[0] for o in objs] == list(range(1, n, 2)) + list(range(0, n, 2))
+
+def test_boxes_at_exactly_the_grouping_iou_are_one_object():
+    # a 10x10 box and the 10x5 box inside it: IoU 50 / 100 = 0.5 = group_iou
+    objs = group_objects([[0, 0, 10, 10], [0, 0, 10, 5]], [0.9, 0.8], [1, 1], [O, O])
+    assert [o.members for o in objs] == [(0, 1)]
+
+
+def test_tied_class_scores_rank_the_smaller_category_id_first():
+    """Two classes on one box with the same score: the ranking is decided by category id
+    (2 before 5), whatever order the boxes came in."""
+    objs = group_objects([[0, 0, 10, 10], [0, 0, 10, 10]], [0.5, 0.5], [5, 2], [O, O])
+    assert [c for c, _ in objs[0].classes] == [2, 5]
+    assert objs[0].category_id == 2
+
+
+def test_fused_box_of_non_square_members():
+    """Members of different width and height (so x and y, w and h cannot be mixed up):
+    weights 0.75 / 0.25; x0 = 0.25*2 = 0.5, y0 = 0.75*0 + 0.25*4 = 1, x1 = 0.75*20 + 0.25*22
+    = 20.5, y1 = 0.75*10 + 0.25*14 = 11 -> xywh (0.5, 1, 20, 10)."""
+    objs = group_objects([[0, 0, 20, 10], [2, 4, 20, 10]], [0.75, 0.25], [1, 1], [O, A],
+                         group_iou=0.3)
+    assert len(objs) == 1
+    assert objs[0].box == pytest.approx((0.5, 1.0, 20.0, 10.0))
+
+
+def test_members_that_all_score_zero_fuse_to_their_plain_mean():
+    objs = group_objects([[0, 0, 10, 10], [2, 0, 10, 10]], [0.0, 0.0], [1, 1], [O, O],
+                         group_iou=0.3)
+    assert len(objs) == 1
+    assert objs[0].box == pytest.approx((1.0, 0.0, 10.0, 10.0))
+
+
+def test_an_object_is_judged_by_the_label_it_overlaps_most():
+    """Two labels: class 7 far from the object, class 3 exactly on it. The object (class 1)
+    is set apart on the class-3 label; an object of class 3 there is dropped."""
+    label_boxes, label_classes = [[100, 100, 20, 20], [0, 0, 20, 20]], [7, 3]
+    other = group_objects([[0, 0, 20, 20]], [0.9], [1], [O])
+    same = group_objects([[0, 0, 20, 20]], [0.9], [3], [O])
+    assert [o.on_label for o in flag_labelled(other, label_boxes, label_classes)] == [3]
+    assert flag_labelled(same, label_boxes, label_classes) == []
+
+
+def test_an_object_at_exactly_the_label_iou_is_on_the_label():
+    # object 20x20 at the origin, label the 20x10 box inside it: IoU 200 / 400 = 0.5
+    same = group_objects([[0, 0, 20, 20]], [0.9], [3], [O])
+    assert flag_labelled(same, [[0, 0, 20, 10]], [3]) == []
+    other = group_objects([[0, 0, 20, 20]], [0.9], [1], [O])
+    assert [o.on_label for o in flag_labelled(other, [[0, 0, 20, 10]], [3])] == [3]
+
+
+def test_crowd_share_by_hand_on_non_square_boxes():
+    """xywh boxes whose width and height differ. Object A [0,0,20,10] (area 200), crowd
+    [0,0,12,30]: inside 12 x 10 = 120 -> 0.6 > 0.5, dropped. Object B [100,0,10,20] (area 200),
+    crowd [100,0,30,9]: inside 10 x 9 = 90 -> 0.45, kept. Object C [200,0,20,10], crowd
+    [200,0,10,30]: inside 10 x 10 = 100 -> exactly 0.5, kept (dropped only above)."""
+    objs = group_objects([[0, 0, 20, 10], [100, 0, 10, 20], [200, 0, 20, 10]], [0.9, 0.8, 0.7],
+                         [1, 1, 1], [O, O, O])
+    crowd = [[0, 0, 12, 30], [100, 0, 30, 9], [200, 0, 10, 30]]
+    assert [o.members for o in drop_in_crowd(objs, crowd)] == [(1,), (2,)]
+
+
+def test_crowd_edge_cases():
+    # no objects: nothing to drop
+    assert drop_in_crowd([], [[0, 0, 10, 10]]) == []
+    # a 1 px object outside the crowd region (apart in x and y, or in y only) stays
+    objs = group_objects([[50, 50, 1, 1], [0, 20, 1, 1]], [0.9, 0.8], [1, 1], [O, O])
+    assert len(drop_in_crowd(objs, [[0, 0, 10, 10]])) == 2
+    # an object smaller than a pixel wholly inside the crowd region goes
+    tiny = group_objects([[1, 1, 0.5, 0.5]], [0.9], [1], [O])
+    assert drop_in_crowd(tiny, [[0, 0, 10, 10]]) == []
+
+
+def test_review_objects_defaults():
+    """The documented defaults: group at IoU >= 0.5, on a label at IoU >= 0.5, dropped when
+    more than half lies in a crowd region, no cap."""
+    boxes = [[0, 0, 10, 10], [1, 0, 10, 10],      # IoU 90/110 = 0.82: one object, class 1
+             [100, 0, 20, 20],                    # on the class-1 label below (IoU 0.81): dropped
+             [200, 0, 10, 10],                    # 80 % inside the crowd region: dropped
+             [300, 0, 10, 10], [400, 0, 10, 10], [500, 0, 10, 10]]
+    objs = review_objects(boxes, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], [1] * 7, [O, A] + [O] * 5,
+                          label_boxes=[[100, 0, 18, 18]], label_classes=[1],
+                          crowd_boxes=[[202, 0, 20, 20]])
+    assert [o.members for o in objs] == [(0, 1), (4,), (5,), (6,)]
+
+
+def test_review_objects_passes_on_every_setting():
+    """Each setting of review_objects changes its answer (one image each)."""
+    pair = [[0, 0, 10, 10], [1, 0, 10, 10]]                          # IoU 90/110 = 0.82
+    assert len(review_objects(pair, [0.9, 0.8], [1, 1], [O, O])) == 1
+    assert len(review_objects(pair, [0.9, 0.8], [1, 1], [O, O], group_iou=0.9)) == 2
+    # rank "max": a one-view object scores its best score, not the mean with 0
+    assert review_objects([[0, 0, 10, 10]], [0.6], [1], [O], rank="max")[0].score == pytest.approx(0.6)
+    # an object at IoU 324/400 = 0.81 with a label of its class: dropped at 0.5, kept at 0.9
+    near_label = dict(label_boxes=[[100, 0, 18, 18]], label_classes=[1])
+    assert review_objects([[100, 0, 20, 20]], [0.7], [1], [O], **near_label) == []
+    kept = review_objects([[100, 0, 20, 20]], [0.7], [1], [O], label_iou=0.9, **near_label)
+    assert [o.on_label for o in kept] == [None]
+    # an object 80 % inside a crowd region: dropped at 0.5, kept at 0.9
+    crowd = dict(crowd_boxes=[[202, 0, 20, 20]])
+    assert review_objects([[200, 0, 10, 10]], [0.6], [1], [O], **crowd) == []
+    assert len(review_objects([[200, 0, 10, 10]], [0.6], [1], [O], crowd_ioa=0.9, **crowd)) == 1
+    # max_objects: the best ones
+    apart = [[0, 0, 10, 10], [100, 0, 10, 10], [200, 0, 10, 10]]
+    capped = review_objects(apart, [0.5, 0.9, 0.7], [1, 1, 1], [O, O, O], max_objects=2)
+    assert [o.members for o in capped] == [(1,), (2,)]
+
+
 def test_an_object_on_a_label_of_another_class_is_set_apart_and_one_of_its_class_is_dropped():
     """A label (class 3) at [0,0,20,20]. An object of class 1 exactly there: kept apart
     (on_label 3: a possible wrong label). An object of class 3 there: the label itself,

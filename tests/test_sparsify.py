@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from comining.errors import InputError
-from comining.sparsify import PROTOCOLS, sparsify
+from comining.sparsify import PROTOCOLS, erased_positions, sparsify
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -268,6 +268,44 @@ def test_shape_errors_and_bad_protocol():
     with pytest.raises(ValueError, match="unknown protocol"):
         sparsify(make_coco([2]), "medium", seed=0)
 
+
+
+@pytest.mark.parametrize("coco,message", [
+    ([], "not a COCO json: the top level is a list, expected an object with images, "
+         "annotations, categories"),
+    ({"images": [], "categories": []},
+     "not a COCO json: no 'annotations' list at the top level (nothing to sparsify)"),
+    ({"annotations": [], "categories": []}, "not a COCO json: no 'images' list at the top level"),
+    ({"images": [], "annotations": [], "categories": {}},
+     "not a COCO json: 'categories' is a dict, expected a list"),
+    ({"images": [], "annotations": [7], "categories": []}, "annotations[0] is a int, expected an object"),
+    ({"images": [], "annotations": [{"image_id": 1, "category_id": 1}], "categories": []},
+     "annotations[0] has no 'id'"),
+    ({"images": [], "annotations": [{"id": 1.5, "image_id": 1, "category_id": 1}], "categories": []},
+     "annotations[0] 'id' is 1.5, expected an integer"),
+    ({"images": [], "annotations": [{"id": 1, "image_id": True, "category_id": 1}], "categories": []},
+     "annotations[0] 'image_id' is true, expected an integer"),
+])
+def test_each_malformed_input_is_named_with_its_file(coco, message):
+    """The exact message a user reads: the file first, then what is wrong."""
+    with pytest.raises(InputError) as e:
+        sparsify(coco, "hard", seed=0, path="train.json")
+    assert str(e.value) == f"train.json: {message}"
+    assert e.value.path == "train.json" and e.value.problem == message
+
+
+def test_an_unknown_protocol_or_a_seed_that_is_not_an_int_is_refused():
+    expected = "unknown protocol 'medium'; expected one of easy, hard, extreme, miss50"
+    with pytest.raises(ValueError) as e:
+        sparsify(make_coco([2]), "medium", seed=0)
+    assert str(e.value) == expected
+    with pytest.raises(ValueError) as e:
+        erased_positions([], "medium", seed=0)
+    assert str(e.value) == expected
+    for seed, name in (("1", "str"), (True, "bool"), (1.0, "float")):
+        with pytest.raises(TypeError) as e:
+            sparsify(make_coco([2]), "hard", seed=seed)
+        assert str(e.value) == f"seed must be an int, not {name}"
 
 # ----------------------------------------------------------------------------- properties
 

@@ -1,0 +1,138 @@
+"""Mining for review, one image by hand: both views' detections -> the candidates stored
+(each with its object, its partner in the other view, the category ids of the dataset)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from comining.config import ReviewMining
+from comining.mining import image_candidates
+
+# label 0 -> category 10, label 1 -> category 20 (the dataset's own ids)
+CATEGORIES = SimpleNamespace(to_category_id=lambda lab: [10, 20][lab])
+
+
+def dets(boxes, labels, scores):
+    return (torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(labels),
+            torch.tensor(scores, dtype=torch.float32))
+
+
+def test_one_image_by_hand():
+    """Original view: A [10,10,50,50] class 10 0.9, B [100,100,120,130] class 20 0.6,
+    L [200,200,240,240] class 10 0.7 (exactly on a class-10 label: not missing, dropped).
+    Augmented view: A' [12,10,52,50] class 10 0.8 (IoU with A 1520/1680 = 0.90: agreed,
+    one object with A). Objects ranked by the mean of the views' best scores: A 0.85,
+    B 0.3; members best first."""
+    rec = SimpleNamespace(id=7, boxes=np.array([[200, 200, 240, 240]], np.float32),
+                          labels=np.array([0]), crowd_boxes=np.zeros((0, 4), np.float32))
+    d = {"original": dets([[10, 10, 50, 50], [100, 100, 120, 130], [200, 200, 240, 240]],
+                          [0, 1, 0], [0.9, 0.6, 0.7]),
+         "augmented": dets([[12, 10, 52, 50]], [0], [0.8])}
+    out = image_candidates(rec, d, CATEGORIES, ReviewMining())
+    got = [(c["key"], c["partner_key"], c["image_id"], c["category_id"], c["bbox"], c["view"],
+            c["agreed"]) for c in out]
+    assert got == [
+        ((7, "original", 0), (7, "augmented", 0), 7, 10, [10.0, 10.0, 40.0, 40.0], "original", True),
+        ((7, "augmented", 0), (7, "original", 0), 7, 10, [12.0, 10.0, 40.0, 40.0], "augmented", True),
+        ((7, "original", 1), None, 7, 20, [100.0, 100.0, 20.0, 30.0], "original", False)]
+    assert [c["score"] for c in out] == pytest.approx([0.9, 0.8, 0.6])
+    a, a2, b = out
+    assert a["object"] is a2["object"]                  # one dict shared by its members
+    oa, ob = a["object"], b["object"]
+    assert (oa["key"], oa["image_id"], oa["category_id"], oa["view"], oa["on_label"]) == \
+        ((7, "object", 0), 7, 10, "both", None)
+    # fused box: weights 0.9/0.8 of x0 10 and 12: (9 + 9.6) / 1.7
+    assert oa["bbox"] == pytest.approx([18.6 / 1.7, 10.0, 40.0, 40.0], abs=1e-4)
+    assert oa["score"] == pytest.approx(0.85) and oa["view_scores"] == pytest.approx([0.9, 0.8])
+    assert [c for c, _ in oa["classes"]] == [10]
+    assert (ob["key"], ob["category_id"], ob["view"]) == ((7, "object", 1), 20, "original")
+    assert ob["score"] == pytest.approx(0.3)
+
+
+def test_settings_and_edge_cases():
+    """No detections: no candidates. A crowd region over B drops it; max_objects 1 keeps B
+    only (both views); a partner whose object was dropped is no partner."""
+    empty = dets([], [], [])
+    rec = SimpleNamespace(id=3, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                          crowd_boxes=np.zeros((0, 4), np.float32))
+    assert image_candidates(rec, {"original": empty, "augmented": empty}, CATEGORIES,
+                            ReviewMining()) == []
+    d = {"original": dets([[10, 10, 50, 50], [100, 100, 120, 130]], [0, 1], [0.9, 0.6]),
+         "augmented": dets([[100, 100, 120, 131]], [1], [0.5])}
+    crowded = SimpleNamespace(id=3, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                              crowd_boxes=np.array([[90, 90, 130, 140]], np.float32))
+    assert [c["key"] for c in image_candidates(crowded, d, CATEGORIES, ReviewMining())] == \
+        [(3, "original", 0)]
+    # B (both views: 0.55) and A (one view: 0.45): max_objects 1 keeps B
+    top = image_candidates(rec, d, CATEGORIES, ReviewMining(max_objects=1))
+    assert [(c["key"], c["partner_key"]) for c in top] == [
+        ((3, "original", 1), (3, "augmented", 0)), ((3, "augmented", 0), (3, "original", 1))]
+    # group_iou 0.99 splits B's two views (IoU 600/620 = 0.97) into two objects; rank "max"
+    loose = image_candidates(rec, d, CATEGORIES, ReviewMining(group_iou=0.99, rank="max"))
+    assert len({id(c["object"]) for c in loose}) == 3
+    assert [c["object"]["score"] for c in loose][:2] == pytest.approx([0.9, 0.6])
+    assert [c["agreed"] for c in loose] == [False, True, True]
+    # ... and keeping 2 objects drops the augmented one: B's original box keeps no partner
+    two = image_candidates(rec, d, CATEGORIES, ReviewMining(group_iou=0.99, rank="max", max_objects=2))
+    assert [(c["key"], c["partner_key"]) for c in two] == [((3, "original", 0), None),
+                                                           ((3, "original", 1), None)]
+
+
+def test_labels_and_crowd_regions_in_xyxy_become_xywh():
+    """Two labels and two crowd regions, none square (x and y, w and h cannot be mixed up).
+    The class-10 label [300,10,340,30] (40x20) lies exactly under an object of its class:
+    dropped. The crowd region [0,100,50,120] holds 40 x 20 of the 50 x 25 object
+    [10,100,60,125]: 0.64, dropped at 0.5, kept with crowd_ioa 0.7. label_iou is passed
+    on: an object at IoU 0.81 with a label of its class is dropped at 0.5, kept at 0.9."""
+    rec = SimpleNamespace(id=5, boxes=np.array([[500, 500, 510, 540], [300, 10, 340, 30]], np.float32),
+                          labels=np.array([1, 0]),
+                          crowd_boxes=np.array([[700, 700, 720, 760], [0, 100, 50, 120]], np.float32))
+    d = {"original": dets([[300, 10, 340, 30], [10, 100, 60, 125], [200, 300, 220, 320]],
+                          [0, 0, 0], [0.9, 0.8, 0.7]),
+         "augmented": dets([], [], [])}
+    keys = lambda out: [c["key"][2] for c in out]  # noqa: E731
+    assert keys(image_candidates(rec, d, CATEGORIES, ReviewMining())) == [2]
+    assert keys(image_candidates(rec, d, CATEGORIES, ReviewMining(), crowd_ioa=0.7)) == [1, 2]
+    # an object of class 10 at IoU 324/400 with a 18x18 class-10 label inside its 20x20 box
+    near = SimpleNamespace(id=5, boxes=np.array([[200, 300, 218, 318]], np.float32),
+                           labels=np.array([0]), crowd_boxes=np.zeros((0, 4), np.float32))
+    assert keys(image_candidates(near, d, CATEGORIES, ReviewMining())) == [0, 1]
+    assert keys(image_candidates(near, d, CATEGORIES, ReviewMining(label_iou=0.9))) == [0, 1, 2]
+
+
+def test_mine_dataset_passes_its_settings_on(monkeypatch):
+    """mine_dataset asks detect_views for boxes by the review settings (score floor, NMS IoU,
+    boxes per view, class scores, the shard) and keeps the crowd rule of its thresholds."""
+    from comining import mining
+    from comining.config import MiningThresholds
+    seen = {}
+    rec = SimpleNamespace(id=1, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                          crowd_boxes=np.array([[0, 0, 30, 30]], np.float32))
+    box = {"original": dets([[0, 0, 20, 30]], [0], [0.9]), "augmented": dets([], [], [])}
+
+    def fake_detect_views(dense, dataset, **kwargs):
+        seen.update(kwargs)
+        yield rec, box
+
+    monkeypatch.setattr(mining, "detect_views", fake_detect_views)
+    dataset = SimpleNamespace(coco=SimpleNamespace(categories=CATEGORIES))
+    common = dict(augment="color", device=torch.device("cpu"), batch_size=2, num_workers=0, seed=3)
+    t = MiningThresholds(score_thresh=0.6, nms_iou=0.55, crowd_ioa=0.5)
+    out = mining.mine_dataset(None, dataset, t, rank=1, world_size=2,
+                              review=ReviewMining(score_floor=0.1, max_per_view=7, score="class"),
+                              **common)
+    assert out == []                                   # wholly inside the crowd region
+    assert {k: seen[k] for k in ("score_thresh", "nms_iou", "max_per_image", "class_score", "rank",
+                                 "world_size")} == dict(score_thresh=0.1, nms_iou=0.55,
+                                                        max_per_image=7, class_score=True,
+                                                        rank=1, world_size=2)
+    out = mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.6, nms_iou=0.55,
+                                                              crowd_ioa=1.0),
+                              review=ReviewMining(nms_iou=0.4), **common)
+    assert len(out) == 1
+    assert (seen["score_thresh"], seen["nms_iou"], seen["max_per_image"], seen["class_score"],
+            seen["rank"], seen["world_size"]) == (0.05, 0.4, 100, False, 0, 1)

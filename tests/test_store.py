@@ -1,0 +1,131 @@
+"""The run's SQLite store through its functions: what a mining writes (counts, partners,
+objects as mining made them, settings), metadata, connection settings, clear errors."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+
+import pytest
+
+from comining import store
+from comining.errors import InputError
+
+THRESHOLDS = {"score_thresh": 0.5, "nms_iou": 0.5, "gt_iou": 0.4}
+
+
+@pytest.fixture
+def conn(tmp_path):
+    c = store.connect(tmp_path / store.STORE_NAME, create=True)
+    store.write_dataset(c, [{"id": 1, "file_name": "a.png", "width": 100, "height": 80},
+                            {"id": 2, "file_name": "b.png", "width": 100, "height": 80}],
+                        [{"id": 1, "name": "cat"}, {"id": 2}])
+    yield c
+    c.close()
+
+
+def cand(key, image_id, view, box, score, *, cat=1, partner=None, obj=None):
+    c = {"key": key, "image_id": image_id, "category_id": cat, "bbox": box, "score": score,
+         "view": view, "agreed": partner is not None, "partner_key": partner}
+    if obj is not None:
+        c["object"] = obj
+    return c
+
+
+def test_a_mining_is_written_with_its_counts_partners_objects_and_settings(conn):
+    """Image 1: an agreed pair (a, b); image 2: c alone. An object given as mining made it
+    (key 'o', on a class-2 label, classes rounded to 6 decimals) holds a and b."""
+    obj = {"key": "o", "image_id": 1, "bbox": [10, 10, 20, 20], "score": 0.75, "category_id": 1,
+           "classes": [[1, 0.75], [2, 0.1234567]], "view_scores": [0.8, 0.7], "view": "both",
+           "on_label": 2}
+    # e: a second object as mining made it, agreed but its partner dropped (two originals
+    # agreeing, one augmented)
+    obj2 = {"key": "o2", "image_id": 2, "bbox": [60, 50, 10, 10], "score": 0.4, "category_id": 2,
+            "classes": [[2, 0.4]], "view_scores": [0.5, 0.0], "view": "original", "on_label": None}
+    e = dict(cand("e", 2, "original", [60, 50, 10, 10], 0.5, cat=2, obj=obj2), agreed=True)
+    cands = [cand("a", 1, "original", [10, 10, 20, 20], 0.8, partner="b", obj=obj),
+             cand("b", 1, "augmented", [11, 10, 20, 20], 0.7, partner="a", obj=obj),
+             cand("c", 2, "original", [50, 40, 10, 10], 0.6), e]
+    store.replace_checkpoint_candidates(conn, iteration=10, path="ck.pt", thresholds=THRESHOLDS,
+                                        candidates=cands, settings={"b": 1, "a": 2})
+    (ck,) = store.checkpoints(conn)
+    assert (ck["iteration"], ck["path"], ck["n_original"], ck["n_augmented"], ck["n_agreed"]) == \
+        (10, "ck.pt", 3, 1, 2)
+    assert ck["settings"] == '{"a": 2, "b": 1}'
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", ck["mined_at"])
+    rows = store.candidates(conn)
+    assert rows == store.candidates(conn, 10)
+    a, b, c, e = rows
+    assert [r["partner_id"] for r in rows] == [b["id"], a["id"], None, None]
+    assert [r["object_id"] for r in rows] == [a["id"], a["id"], c["id"], e["id"]]
+    objs = store.objects(conn, 10)
+    assert [o["id"] for o in objs] == [a["id"], e["id"], c["id"]]   # best ranked first
+    o = objs[0]
+    assert (o["image_id"], o["category_id"], o["score"], o["view"], o["on_label"]) == \
+        (1, 1, 0.75, "both", 2)
+    assert (o["x"], o["y"], o["w"], o["h"], o["score_original"], o["score_augmented"]) == \
+        (10, 10, 20, 20, 0.8, 0.7)
+    assert o["classes"] == "[[1, 0.75], [2, 0.123457]]"
+    assert (objs[1]["category_id"], objs[1]["score"], objs[1]["view"]) == (2, 0.4, "original")
+    assert objs[2]["on_label"] is None and objs[2]["view"] == "original"
+    # a second checkpoint: objects() and candidates() of all, by checkpoint
+    store.replace_checkpoint_candidates(conn, iteration=5, path="x", thresholds=THRESHOLDS,
+                                        candidates=[cand("d", 2, "augmented", [0, 0, 9, 9], 0.9)])
+    assert store.checkpoints(conn)[0]["settings"] is None
+    assert [r["checkpoint"] for r in store.candidates(conn)] == [5, 10, 10, 10, 10]
+    assert [r["checkpoint"] for r in store.objects(conn)] == [5, 10, 10, 10]
+    assert len(store.objects(conn, 5)) == 1
+
+
+def test_meta_dataset_and_connection_settings(conn, tmp_path):
+    store.set_meta(conn, hidden_path=None, detector="fcos", n=3)
+    meta = store.get_meta(conn)
+    assert (meta["hidden_path"], meta["detector"], meta["n"]) == (None, "fcos", "3")
+    assert meta["schema_version"] == str(store.SCHEMA_VERSION)
+    assert [tuple(r) for r in conn.execute("SELECT * FROM categories ORDER BY id")] == \
+        [(1, "cat"), (2, "2")]                                    # a nameless class: its id
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    quick = store.connect(tmp_path / store.STORE_NAME, timeout=2.5)
+    assert quick.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+    quick.close()
+    # the review app reads one connection from its worker threads
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(store.get_meta(conn)["detector"]))
+    t.start()
+    t.join()
+    assert errors == ["fcos"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", store.now_iso())
+
+
+def test_clear_errors_name_the_store(tmp_path, conn):
+    missing = tmp_path / "none.sqlite"
+    with pytest.raises(InputError) as e:
+        store.connect(missing)
+    assert str(e.value) == f"{missing}: no comining store here (has this run been trained and mined?)"
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a database at all, not at all" * 100)
+    with pytest.raises(InputError) as e:
+        store.connect(garbage)
+    assert str(e.value) == f"{garbage}: not a comining store (file is not a database)"
+    foreign = tmp_path / "foreign.sqlite"
+    c = sqlite3.connect(foreign)
+    c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    c.commit()
+    c.close()
+    with pytest.raises(InputError) as e:
+        store.connect(foreign)
+    assert str(e.value) == (f"{foreign}: store schema version None is not supported by this "
+                            f"comining (expects {store.SCHEMA_VERSION}); re-mine the run with this version")
+    with pytest.raises(InputError) as e:
+        store.resolve_checkpoint(conn, "last", "run/comining.sqlite")
+    assert str(e.value) == "run/comining.sqlite: no mined checkpoint in this run yet"
+    for it in (10, 20):
+        store.replace_checkpoint_candidates(conn, iteration=it, path="x", thresholds=THRESHOLDS,
+                                            candidates=[])
+    assert store.resolve_checkpoint(conn, "last") == 20
+    with pytest.raises(InputError) as e:
+        store.resolve_checkpoint(conn, 15, "run/comining.sqlite")
+    assert str(e.value) == "run/comining.sqlite: checkpoint 15 was not mined; mined: 10, 20"

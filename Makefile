@@ -4,7 +4,7 @@ PYTHON  ?= python3.11
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test browser bench-quick mutation clean
+.PHONY: install demo test browser bench-quick bench-mining mutation clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: install
 
 test: install browser
 	$(PY) -m pytest -q --timeout=900 tests
+
+# the review-queue benchmark, with cleanlab installed so its anchor is measured, not skipped
+bench-mining: install
+	$(PY) -m pip install -q -c constraints.txt -r requirements-bench.txt
+	$(PY) benchmarks/mining.py
 
 bench-quick: install
 	$(PY) benchmarks/speed.py --quick

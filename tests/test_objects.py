@@ -358,3 +358,24 @@ def test_the_sql_queue_and_counts_agree_with_the_items(tmp_path):
         assert entries[first + 2].n_match == 4
     finally:
         run.close()
+
+
+def test_review_objects_ranks_overlaps_down_with_its_defaults():
+    """Through the whole rule, with its defaults (Soft-NMS sigma 0.5, the labels passed):
+    A [0,0,10,10] 0.9 and B [5,0,10,10] 0.8 (IoU 1/3 with A) by one view; C [40,40,10,10]
+    0.7 with a label at [45,40,10,10] (IoU 1/3); D [80,80,10,10] 0.6 touches nothing.
+    Scores are halved (one view of two), then B and C decay by exp(-(1/3)^2 / 0.5)."""
+    decay = math.exp(-(1 / 3) ** 2 / 0.5)
+    objs = review_objects([[0, 0, 10, 10], [5, 0, 10, 10], [40, 40, 10, 10], [80, 80, 10, 10]],
+                          [0.9, 0.8, 0.7, 0.6], [1, 1, 2, 2], [O, O, O, O],
+                          label_boxes=[[45, 40, 10, 10]], label_classes=[3])
+    got = {o.members: o.score for o in objs}
+    assert got == pytest.approx({(0,): 0.45, (1,): 0.4 * decay, (2,): 0.35 * decay, (3,): 0.3})
+    assert [o.members for o in objs] == [(0,), (1,), (3,), (2,)]   # 0.45, 0.32, 0.30, 0.28
+
+def test_soft_suppression_keeps_the_first_of_two_equal_objects():
+    """Two overlapping objects of equal score: the first given keeps its score."""
+    objs = group_objects([[0, 0, 10, 10], [5, 0, 10, 10]], [0.8, 0.8], [1, 2], [O, O], rank="max")
+    out = soft_suppress(objs)
+    assert out[0].members == objs[0].members and out[0].score == 0.8
+    assert out[1].score == pytest.approx(0.8 * math.exp(-(1 / 3) ** 2 / 0.5))

@@ -573,3 +573,14 @@ def test_undo_separates_decisions_made_in_the_same_millisecond(run, monkeypatch)
     review.decide(run, b.id, "accepted", client="fast")
     assert [d.candidate_id for d in review.undo(run, "fast")] == [b.id]
     assert [d.candidate_id for d in review.undo(run, "fast")] == [a.id]
+
+
+def test_an_accept_moved_far_still_decides_its_object(run):
+    """An accept whose edited box no longer overlaps the object (IoU < 0.5) still decides
+    that object: the decision is linked to it, not only found by overlap."""
+    item = review.queue_items(run, 200)[0]
+    x, y, w, h = item.box
+    review.decide(run, item.id, "accepted", client="t", box=(x + w, y, w, h))   # IoU 0
+    [now] = [it for it in review.image_items(run, 200, item.image_id) if it.id == item.id]
+    assert now.state == "accepted" and review.iou(now.decision.box, item.box) < 0.5
+    assert item.id not in [it.id for it in review.queue_items(run, 200)]

@@ -372,6 +372,10 @@ def test_review_objects_ranks_overlaps_down_with_its_defaults():
     got = {o.members: o.score for o in objs}
     assert got == pytest.approx({(0,): 0.45, (1,): 0.4 * decay, (2,): 0.35 * decay, (3,): 0.3})
     assert [o.members for o in objs] == [(0,), (1,), (3,), (2,)]   # 0.45, 0.32, 0.30, 0.28
+    off = review_objects([[0, 0, 10, 10], [5, 0, 10, 10], [40, 40, 10, 10], [80, 80, 10, 10]],
+                         [0.9, 0.8, 0.7, 0.6], [1, 1, 2, 2], [O, O, O, O],
+                         label_boxes=[[45, 40, 10, 10]], label_classes=[3], soft_sigma=None)
+    assert [o.score for o in off] == pytest.approx([0.45, 0.4, 0.35, 0.3])   # nothing decays
 
 def test_soft_suppression_keeps_the_first_of_two_equal_objects():
     """Two overlapping objects of equal score: the first given keeps its score."""

@@ -53,10 +53,6 @@ class Decision:
         return self.cand_checkpoint is not None
 
     @property
-    def categories(self) -> set[int]:
-        return {self.category_id} | ({self.cand_category} if self.cand_category is not None else set())
-
-    @property
     def boxes(self) -> list:
         return [self.box] + ([self.cand_box] if self.cand_box is not None else [])
 

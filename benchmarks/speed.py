@@ -236,7 +236,7 @@ def random_targets(g: torch.Generator, h: int, w: int, classes: int) -> dict:
     xy = torch.rand(k, 2, generator=g) * (torch.tensor([w, h]) - wh)
     boxes = torch.cat([xy, xy + wh], dim=1).float()
     return {"boxes": boxes, "labels": torch.randint(0, classes, (k,), generator=g),
-            "crowd_boxes": torch.zeros((0, 4))}
+            "crowd_boxes": torch.zeros((0, 4)), "rejected_boxes": torch.zeros((0, 4))}
 
 
 def setup(cfg: dict, device: torch.device) -> Bench:
@@ -405,8 +405,9 @@ def mining_dataset(cfg: dict, n_images: int, pool_size: int = 16) -> InMemoryDat
     for _ in range(pool_size):
         t = random_targets(g, h, w, cfg["classes"])
         pool.append(Sample(image=torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
-                           boxes=t["boxes"], labels=t["labels"], crowd_boxes=t["crowd_boxes"], image_id=0,
-                           scale=(1.0, 1.0), valid_size=(h, w), flipped=False))
+                           boxes=t["boxes"], labels=t["labels"], crowd_boxes=t["crowd_boxes"],
+                           rejected_boxes=t["rejected_boxes"], image_id=0, scale=(1.0, 1.0),
+                           valid_size=(h, w), flipped=False))
     cats = [{"id": c + 1, "name": f"class{c + 1}"} for c in range(cfg["classes"])]
     records = []
     for i in range(n_images):

@@ -74,6 +74,8 @@ class ImageRecord:
     annotation_ids: np.ndarray   # (N,) int64
     crowd_boxes: np.ndarray      # (M, 4) float32 xyxy
     exif_transpose: bool = True  # False when the json's size is the raw (unrotated) size
+    # (R, 4) float32 xyxy: boxes an annotator rejected (a refine round's known background)
+    rejected_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
 
 @dataclass
@@ -341,6 +343,28 @@ def load_coco(ann_path, image_root, *, check_images: bool = True) -> CocoDataset
             exif_transpose=sizes.get(im["id"], (0, 0, True))[2]))
     return CocoDataset(ann_path=ann_path, image_root=image_root, raw=data, images=records,
                        categories=categories)
+
+
+
+def attach_rejected(coco: CocoDataset, path) -> None:
+    """Attach a refine round's REJECTED.json ({"rejected": [{image_id, bbox [x, y, w, h]}]},
+    written by comining.rounds) to the records as `rejected_boxes` (xyxy, clipped)."""
+    from comining.fileio import read_json
+
+    data = read_json(path)
+    entries = data.get("rejected") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise InputError(path, "not a rejected-boxes file (a json object with a 'rejected' list)")
+    by_id = {rec.id: rec for rec in coco.images}
+    found: dict[int, list] = {}
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict) or e.get("image_id") not in by_id or _box_problem(
+                e.get("bbox"), by_id[e["image_id"]].width, by_id[e["image_id"]].height):
+            raise InputError(path, f"entry {k} is not a box of an image of {coco.ann_path}")
+        rec = by_id[e["image_id"]]
+        found.setdefault(rec.id, []).append(_xywh_to_xyxy_clipped(e["bbox"], rec.width, rec.height))
+    for image_id, boxes in found.items():
+        by_id[image_id].rejected_boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:

@@ -5,7 +5,9 @@ Pure tensor functions over torchvision.ops; the rules, as the authors' code runs
   2. class-wise NMS at theta1 (nms_iou), at most `max_per_image` boxes;
   3. drop a box when an annotation OF THE SAME CLASS overlaps it with IoU > theta2 (gt_iou)
      (a box overlapping only other-class annotations is kept);
-  4. drop a box lying mostly (intersection / its area > crowd_ioa) inside a crowd region.
+  4. drop a box lying mostly (intersection / its area > crowd_ioa) inside a crowd region;
+  5. (refine rounds) drop a box an annotator rejected: IoU >= rejected_iou with a rejected
+     box, whatever the classes (known background is never a pseudo box).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ def intersection_over_first(boxes: torch.Tensor, regions: torch.Tensor) -> torch
 
 def co_generate(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                 gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-                crowd_boxes: torch.Tensor | None, thresholds: MiningThresholds) -> torch.Tensor:
+                crowd_boxes: torch.Tensor | None, thresholds: MiningThresholds,
+                rejected_boxes: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of the detections kept as pseudo boxes, best score first.
 
     boxes (N, 4) xyxy, scores (N,), labels (N,): one image's detections of one view.
-    gt_boxes (G, 4), gt_labels (G,): its annotations; crowd_boxes (C, 4) or None.
+    gt_boxes (G, 4), gt_labels (G,): its annotations; crowd_boxes (C, 4) or None;
+    rejected_boxes (R, 4) or None: boxes the annotator rejected.
     """
     keep = torch.nonzero(scores > thresholds.score_thresh).flatten()
     if keep.numel() == 0:
@@ -45,6 +49,9 @@ def co_generate(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     if crowd_boxes is not None and crowd_boxes.numel() and keep.numel():
         inside = intersection_over_first(boxes[keep].float(), crowd_boxes.float())
         keep = keep[~(inside > thresholds.crowd_ioa).any(dim=1)]
+    if rejected_boxes is not None and rejected_boxes.numel() and keep.numel():
+        iou = box_iou(boxes[keep].float(), rejected_boxes.float())
+        keep = keep[~(iou >= thresholds.rejected_iou).any(dim=1)]
     return keep
 
 

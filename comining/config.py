@@ -40,6 +40,7 @@ class MiningThresholds:
     gt_iou: float = 0.4       # theta2: drop when a same-class annotation overlaps more
     max_per_image: int = 100
     crowd_ioa: float = 0.5    # drop when this much of the box lies in a crowd region
+    rejected_iou: float = 0.5  # refine rounds: drop at this IoU with a rejected box (any class)
 
     @classmethod
     def for_detector(cls, detector: str, **overrides) -> "MiningThresholds":
@@ -133,6 +134,12 @@ class TrainConfig:
     thresholds: MiningThresholds = field(default=None)
     review: ReviewMining = field(default_factory=ReviewMining)   # mining for the annotator
     amp: str = "auto"                   # auto (bf16 on CUDA) | bf16 (also on CPU) | off
+    # The loop (comining.rounds): round 0 trains on the inputs; each `comining refine` round
+    # trains from the last checkpoint (round_start) to `iters` on the inputs + accepted boxes
+    # (ann: the round's targets file), never mining a box on a rejected one (rejected).
+    round: int = 0
+    round_start: int = 0
+    rejected: str | None = None         # REJECTED.json of a round: the annotator's background
     channels_last: str = "auto"         # auto (on CUDA) | on (also on CPU) | off
 
     def __post_init__(self):
@@ -166,6 +173,9 @@ class TrainConfig:
             bad(f"unknown amp {self.amp!r}; choose auto, bf16 or off")
         if self.channels_last not in ("auto", "on", "off"):
             bad(f"unknown channels_last {self.channels_last!r}; choose auto, on or off")
+        if not 0 <= self.round_start < self.iters:
+            bad(f"a round must end after it starts (iteration {self.round_start}); "
+                f"--iters is {self.iters}")
         if self.init_keep_classes and not self.init:
             bad("--init-keep-classes needs --init")
         t = self.thresholds
@@ -178,16 +188,24 @@ class TrainConfig:
         return self.lr if self.lr is not None else 0.01 * self.batch_size / 16
 
     @property
+    def schedule_length(self) -> int:
+        """Iterations of this round's schedule (the whole run for round 0)."""
+        return self.iters - self.round_start
+
+    @property
     def warmup(self) -> int:
         if self.warmup_iters is not None:
             return self.warmup_iters
         # The paper's 1k of 90k; short runs (often from scratch) get at least 10% up to 100.
-        return max(1, min(1000, max(round(self.iters / 90), min(100, self.iters // 10))))
+        n = self.schedule_length
+        return max(1, min(1000, max(round(n / 90), min(100, n // 10))))
 
     @property
     def lr_steps(self) -> tuple[int, int]:
-        """The paper's steps at 60k and 80k of 90k, scaled."""
-        return round(self.iters * 60 / 90), round(self.iters * 80 / 90)
+        """The paper's steps at 60k and 80k of 90k, scaled to the round's length (counted
+        from its start: the scheduler restarts with each round)."""
+        n = self.schedule_length
+        return round(n * 60 / 90), round(n * 80 / 90)
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -26,6 +26,7 @@ class Sample:
     boxes: torch.Tensor        # (N, 4) float32 xyxy in resized pixels
     labels: torch.Tensor       # (N,) int64 contiguous labels
     crowd_boxes: torch.Tensor  # (M, 4) float32 xyxy in resized pixels
+    rejected_boxes: torch.Tensor  # (R, 4) float32 xyxy in resized pixels: known background
     image_id: int
     scale: tuple[float, float]  # (sx, sy): resized = original * scale
     valid_size: tuple[int, int]  # (h, w) of the image inside the padded canvas
@@ -35,7 +36,7 @@ class Sample:
 @dataclass
 class Batch:
     images: torch.Tensor       # (B, 3, S, S) uint8
-    targets: list[dict]        # per image: boxes, labels, crowd_boxes (resized pixels)
+    targets: list[dict]        # per image: boxes, labels, crowd_boxes, rejected_boxes (resized px)
     image_ids: list[int]
     scales: list[tuple[float, float]]
     valid_sizes: list[tuple[int, int]]
@@ -103,12 +104,12 @@ class DetectionDataset(Dataset):
             from comining.errors import InputError
             raise InputError(rec.path, f"image is {image.shape[2]}x{image.shape[1]}, "
                                        f"expected {rec.width}x{rec.height}")
-        n = len(rec.boxes)
-        all_boxes = np.concatenate([rec.boxes, rec.crowd_boxes], axis=0)
+        n, m = len(rec.boxes), len(rec.crowd_boxes)
+        all_boxes = np.concatenate([rec.boxes, rec.crowd_boxes, rec.rejected_boxes], axis=0)
         padded, boxes, scale, valid = apply_geometry(image, all_boxes, self.image_size, flip)
         return Sample(image=padded, boxes=boxes[:n], labels=torch.as_tensor(rec.labels),
-                      crowd_boxes=boxes[n:], image_id=rec.id, scale=scale,
-                      valid_size=valid, flipped=flip)
+                      crowd_boxes=boxes[n:n + m], rejected_boxes=boxes[n + m:], image_id=rec.id,
+                      scale=scale, valid_size=valid, flipped=flip)
 
 
 class TrainingSampler(torch.utils.data.Sampler):
@@ -147,8 +148,8 @@ class TrainingSampler(torch.utils.data.Sampler):
 def collate(samples: list[Sample]) -> Batch:
     return Batch(
         images=torch.stack([s.image for s in samples]).contiguous(),
-        targets=[{"boxes": s.boxes, "labels": s.labels, "crowd_boxes": s.crowd_boxes}
-                 for s in samples],
+        targets=[{"boxes": s.boxes, "labels": s.labels, "crowd_boxes": s.crowd_boxes,
+                  "rejected_boxes": s.rejected_boxes} for s in samples],
         image_ids=[s.image_id for s in samples],
         scales=[s.scale for s in samples],
         valid_sizes=[s.valid_size for s in samples],

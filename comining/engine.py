@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from comining import store
 from comining.augment import make_view_augmenter
-from comining.coco import CocoDataset, load_coco
+from comining.coco import CocoDataset, attach_rejected, load_coco
 from comining.config import TrainConfig
 from comining.data import DetectionDataset, TrainingSampler, make_loader
 from comining.errors import CominingError, InputError
@@ -242,8 +242,16 @@ def _prepare_init(config: TrainConfig, run_dir: Path, existing: list) -> None:
     fetch_init_weights(named)   # into torch's hub cache; load_init reads it from there
 
 
+def _checkpoints_of_round(run_dir: Path, config: TrainConfig) -> list[tuple[int, Path]]:
+    """The checkpoints a run of `config` starts or resumes from: round_start (a refine
+    round's starting point) up to its last iteration; later rounds' are not its own."""
+    return [c for c in list_checkpoints(run_dir) if config.round_start <= c[0] <= config.iters]
+
+
 def _prepare_run_dir(config: TrainConfig, run_dir: Path, coco: CocoDataset, resume: bool) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if config.round > 0:    # a refine round: comining.rounds wrote its config and store rows
+        return
     cfg_path = run_dir / "config.json"
     if resume and cfg_path.exists():
         old = load_run_config(run_dir).as_dict()
@@ -289,15 +297,26 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     run_dir = Path(config.run)
-    existing = list_checkpoints(run_dir) if run_dir.exists() else []
-    if existing and not resume:
+    existing = _checkpoints_of_round(run_dir, config) if run_dir.exists() else []
+    own = [c for c in existing if c[0] > config.round_start]   # this round's own checkpoints
+    if config.round == 0 and existing and not resume:
         raise InputError(run_dir, "this run already has checkpoints: add --resume to continue it, "
                                   "or choose a new --run folder")
+    if config.round > 0:
+        if own and not resume:
+            raise InputError(run_dir, f"round {config.round} already has checkpoints: add --resume "
+                                      f"to continue it")
+        if not existing or existing[0][0] != config.round_start:
+            raise InputError(run_dir, f"round {config.round} starts from checkpoint "
+                                      f"{config.round_start}, which is not in "
+                                      f"{run_dir / 'checkpoints'}")
     _prepare_init(config, run_dir, existing)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed + config.round)
     coco = load_coco(config.ann, config.images)
     if len(coco) == 0:
         raise InputError(config.ann, "the dataset has no images")
+    if config.rejected:
+        attach_rejected(coco, config.rejected)
     if ddp.main:
         _prepare_run_dir(config, run_dir, coco, resume)
     if ddp.world_size > 1:
@@ -317,8 +336,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     optimizer = torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, config))
-    start = 0
-    if existing:
+    start = config.round_start
+    if own or (existing and config.round == 0):    # resume: weights, optimizer, schedule, RNG
         it0, path = existing[-1]
         state = load_checkpoint(path)
         load_model_state(ctx.detector, state["model"], path, config)
@@ -333,6 +352,13 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             _mine(ctx, start, path, None)
         if start >= config.iters:
             return run_dir
+    elif existing:
+        # A round's start: the last round's weights; the optimizer's momentum and the
+        # schedule start afresh (comining.rounds says why).
+        _, path = existing[0]
+        load_model_state(ctx.detector, load_checkpoint(path)["model"], path, config)
+        if ddp.main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
     elif ddp.main:   # a run killed before its first checkpoint starts over: so does its log
         _truncate_metrics(run_dir / "metrics.jsonl", 0)
 
@@ -348,8 +374,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     bar = None
     if progress and ddp.main:
         from tqdm import tqdm
-        bar = tqdm(total=config.iters, initial=start, desc=f"{config.method} {config.detector}",
-                   dynamic_ncols=True)
+        bar = tqdm(total=config.iters, initial=start, desc=_bar_label(config), dynamic_ncols=True)
     metrics_file = open(run_dir / "metrics.jsonl", "a") if ddp.main else None
     window_start, window_images = time.perf_counter(), 0
     try:
@@ -370,7 +395,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             done = it + 1
             if done % config.log_every == 0 or done == config.iters:
                 elapsed = time.perf_counter() - window_start
-                row = {"iteration": done, "lr": optimizer.param_groups[0]["lr"],
+                row = {"iteration": done, "round": config.round,
+                       "lr": optimizer.param_groups[0]["lr"],
                        "loss": float(out.loss.detach()),
                        **{f"loss_{v}": float(l) for v, l in out.view_losses.items()},
                        **{f"pseudo_{v}": n for v, n in out.pseudo_counts.items()},
@@ -383,7 +409,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 window_start, window_images = time.perf_counter(), 0
             if bar:
                 bar.update(1)
-            if done % config.checkpoint_every == 0 or done == config.iters:
+            if (done - config.round_start) % config.checkpoint_every == 0 or done == config.iters:
                 last_good = _checkpoint_and_mine(ctx, done, optimizer, scheduler, bar)
                 window_start, window_images = time.perf_counter(), 0
     finally:
@@ -394,6 +420,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if ddp.world_size > 1:
         dist.barrier()
     return run_dir
+
+
+def _bar_label(config: TrainConfig) -> str:
+    label = f"{config.method} {config.detector}"
+    return f"round {config.round}: {label}" if config.round else label
 
 
 def _checkpoint_and_mine(ctx: RunContext, iteration: int, optimizer, scheduler, bar) -> Path:
@@ -429,4 +460,4 @@ def _mine(ctx: RunContext, iteration: int, path: Path, bar) -> None:
         record(ctx.run_dir, iteration=iteration, checkpoint_path=path,
                thresholds=ctx.config.thresholds, candidates=cands, review=ctx.config.review)
     if bar:
-        bar.set_description(f"{ctx.config.method} {ctx.config.detector}")
+        bar.set_description(_bar_label(ctx.config))

@@ -35,11 +35,20 @@ MODES = ("reviewed", "agreed", "all")
 
 
 def _record(image_id, category_id, box, *, score, view, checkpoint, decision, reviewed_at,
-            candidate_id, human: bool) -> dict:
+            candidate_id, human: bool, round: int = 0) -> dict:
     return {"image_id": int(image_id), "category_id": int(category_id),
             "bbox": list(map(float, box)), "score": score, "view": view,
             "checkpoint": checkpoint, "decision": decision, "reviewed_at": reviewed_at,
-            "candidate_id": candidate_id, "human": human}
+            "candidate_id": candidate_id, "human": human, "round": round}
+
+
+def _round_of(checkpoint_round: dict[int, int], round_starts: list[tuple[str, int]],
+              checkpoint, decided_at) -> int:
+    """The loop round a box comes from: its checkpoint's; a box drawn by hand, the round
+    running (or last started) when it was drawn."""
+    if checkpoint is not None:
+        return checkpoint_round.get(checkpoint, 0)
+    return max((n for started, n in round_starts if decided_at and started <= decided_at), default=0)
 
 
 def collect(run: review.Run, *, accept: str = "reviewed", min_score: float = 0.0,
@@ -52,12 +61,15 @@ def collect(run: review.Run, *, accept: str = "reviewed", min_score: float = 0.0
         raise InputError(None, f"--min-score must be within [0, 1], got {min_score}")
     conn = run.conn
     accepted, rejected = [], []
+    checkpoint_round = store.checkpoint_rounds(conn)
+    round_starts = [(r["started_at"], r["round"]) for r in store.rounds(conn)]
     for d in review.effective_decisions(conn):
         if d.decision == "accepted":
             accepted.append(_record(
                 d.image_id, d.category_id, d.box, score=d.cand_score, view=d.view,
                 checkpoint=d.cand_checkpoint, decision="edited" if d.edited else "accepted",
-                reviewed_at=d.decided_at, candidate_id=d.candidate_id, human=True))
+                reviewed_at=d.decided_at, candidate_id=d.candidate_id, human=True,
+                round=_round_of(checkpoint_round, round_starts, d.cand_checkpoint, d.decided_at)))
         else:
             rejected.append({"candidate_id": d.candidate_id, "image_id": d.image_id,
                              "category_id": d.category_id, "bbox": [float(v) for v in d.box],
@@ -70,7 +82,8 @@ def collect(run: review.Run, *, accept: str = "reviewed", min_score: float = 0.0
         for oid, image_id, category_id, box, score, view in review.pending_objects(run, it, f):
             accepted.append(_record(
                 image_id, category_id, box, score=score, view=view, checkpoint=it,
-                decision="auto", reviewed_at=None, candidate_id=oid, human=False))
+                decision="auto", reviewed_at=None, candidate_id=oid, human=False,
+                round=checkpoint_round.get(it, 0)))
     return accepted, rejected
 
 
@@ -131,7 +144,7 @@ def build_enlarged(data: dict, accepted: list[dict]) -> dict:
         provenance = {"score": None if score != score else score,
                       "view": r["view"], "checkpoint": r["checkpoint"],
                       "decision": r["decision"], "reviewed_at": r["reviewed_at"],
-                      "candidate_id": r["candidate_id"]}
+                      "candidate_id": r["candidate_id"], "round": r.get("round", 0)}
         new.append({
             "id": next_id, "image_id": r["image_id"], "category_id": r["category_id"],
             "bbox": box, "area": area, "iscrowd": 0, "segmentation": [],
@@ -143,14 +156,12 @@ def build_enlarged(data: dict, accepted: list[dict]) -> dict:
 
 # Provenance as flat `attributes` too: Datumaro (and so CVAT's COCO import) keeps an
 # annotation's `attributes` dict of scalars and drops other keys such as "comining".
-ATTRIBUTE_KEYS = ("score", "view", "checkpoint", "decision")
+ATTRIBUTE_KEYS = ("score", "view", "checkpoint", "decision", "round")
 
 
 def _flat_attributes(provenance: dict) -> dict:
     """The provenance as CVAT/Datumaro attributes: scalars, unknown values left out."""
-    out = {f"comining_{k}": provenance[k] for k in ATTRIBUTE_KEYS if provenance[k] is not None}
-    out["comining_round"] = 0   # one round so far: the loop's later rounds will count up
-    return out
+    return {f"comining_{k}": provenance[k] for k in ATTRIBUTE_KEYS if provenance[k] is not None}
 
 
 def sidecar_path(out) -> Path:

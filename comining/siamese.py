@@ -51,7 +51,7 @@ def pseudo_boxes(detector, head, anchors, per_level, batch: Batch, thresholds: M
     out = []
     for d, t in zip(dets, batch.targets):
         keep = co_generate(d["boxes"], d["scores"], d["labels"], t["boxes"], t["labels"],
-                           t.get("crowd_boxes"), thresholds)
+                           t.get("crowd_boxes"), thresholds, t.get("rejected_boxes"))
         out.append({"boxes": d["boxes"][keep].detach(), "labels": d["labels"][keep],
                     "scores": d["scores"][keep].detach()})
     return out

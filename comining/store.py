@@ -37,6 +37,14 @@ Schema (version SCHEMA_VERSION):
             undone INTEGER DEFAULT 0)
       the annotator's decisions, append-only (undo marks a row undone); the box and class
       are the decided ones (an edited box keeps its candidate_id)
+  rounds(round INTEGER PRIMARY KEY, start_iteration INTEGER, end_iteration INTEGER,
+         targets TEXT, rejected TEXT, decision_ids TEXT, n_accepted INTEGER,
+         n_rejected INTEGER, started_at TEXT)
+      the loop's refine rounds (comining.rounds; round 0, training on the inputs, has no
+      row): round r trains from checkpoint start_iteration to end_iteration on `targets`
+      (the inputs + the accepted boxes) with `rejected` as known background, made from the
+      decisions decision_ids (json list); its checkpoints are those after start_iteration
+      up to end_iteration
 
 WAL journal and a busy timeout let the review app and an export share the file.
 """
@@ -51,7 +59,7 @@ from pathlib import Path
 
 from comining.errors import InputError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_NAME = "comining.sqlite"
 VIEWS = ("original", "augmented")
 
@@ -81,6 +89,13 @@ CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, candidate_id INTEG
     decided_at TEXT NOT NULL, client TEXT, undone INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS decisions_by_candidate ON decisions (candidate_id);
 CREATE INDEX IF NOT EXISTS decisions_by_image ON decisions (image_id);
+"""
+# Version 3 added: rounds.
+_ROUNDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, start_iteration INTEGER NOT NULL,
+    end_iteration INTEGER NOT NULL, targets TEXT NOT NULL, rejected TEXT NOT NULL,
+    decision_ids TEXT NOT NULL, n_accepted INTEGER NOT NULL, n_rejected INTEGER NOT NULL,
+    started_at TEXT NOT NULL);
 """
 # Version 2 added: objects, candidates.object_id, checkpoints.settings (see _migrate_v1).
 _OBJECTS_SCHEMA = """
@@ -120,13 +135,17 @@ def connect(path: str | Path, *, create: bool = False, timeout: float = 30.0) ->
         if create:
             with transaction(conn):
                 if schema_version(conn) in (None, SCHEMA_VERSION):
-                    for stmt in _statements(_SCHEMA) + _statements(_OBJECTS_SCHEMA):
+                    for stmt in (_statements(_SCHEMA) + _statements(_OBJECTS_SCHEMA)
+                                 + _statements(_ROUNDS_SCHEMA)):
                         conn.execute(stmt)
                     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                                  (str(SCHEMA_VERSION),))
         version = schema_version(conn)
         if version == 1:
             _migrate_v1(conn)
+            version = schema_version(conn)
+        if version == 2:
+            _migrate_v2(conn)
             version = schema_version(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -158,7 +177,17 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
                       "bbox": [r["x"], r["y"], r["w"], r["h"]], "score": r["score"],
                       "view": r["view"]} for r in rows]
             _write_objects(conn, it, cands, {r["id"]: r["id"] for r in rows})
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Version 2 -> 3: the rounds table (a version-2 run has round 0 only)."""
+    with transaction(conn):
+        if schema_version(conn) != 2:
+            return
+        for stmt in _statements(_ROUNDS_SCHEMA):
+            conn.execute(stmt)
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
 
 def schema_version(conn: sqlite3.Connection) -> int | None:
@@ -314,3 +343,28 @@ def candidates(conn: sqlite3.Connection, checkpoint: int | None = None) -> list[
         return conn.execute("SELECT * FROM candidates ORDER BY checkpoint, image_id, id").fetchall()
     return conn.execute("SELECT * FROM candidates WHERE checkpoint = ? ORDER BY image_id, id",
                         (checkpoint,)).fetchall()
+
+
+def rounds(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """The refine rounds, first first (round 0 has no row)."""
+    return conn.execute("SELECT * FROM rounds ORDER BY round").fetchall()
+
+
+def add_round(conn: sqlite3.Connection, *, round: int, start_iteration: int, end_iteration: int,
+              targets: str, rejected: str, decision_ids: list[int], n_accepted: int,
+              n_rejected: int) -> None:
+    with transaction(conn):
+        conn.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (round, start_iteration, end_iteration, targets, rejected,
+                      json.dumps(sorted(int(i) for i in decision_ids)), n_accepted, n_rejected,
+                      now_iso()))
+
+
+def checkpoint_rounds(conn: sqlite3.Connection) -> dict[int, int]:
+    """Mined checkpoint iteration -> the round that trained it."""
+    starts = [(r["start_iteration"], r["round"]) for r in rounds(conn)]
+    out = {}
+    for r in checkpoints(conn):
+        it = r["iteration"]
+        out[it] = max((n for s, n in starts if it > s), default=0)
+    return out

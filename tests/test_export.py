@@ -200,10 +200,11 @@ def test_build_enlarged_by_hand():
         {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10.0, 10.0, 1.25, 1.25], "area": 1.56,
          "iscrowd": 0, "comining": {"score": None, "view": "both", "checkpoint": 4,
                                     "decision": "edited", "reviewed_at": "2026-01-01T00:00:00",
-                                    "candidate_id": 13}},
+                                    "candidate_id": 13, "round": 0}},
         {"id": 2, "image_id": 2, "category_id": 7, "bbox": [5000.0, 10.0, 30.0, 20.0], "area": 600.0,
          "iscrowd": 0, "comining": {"score": 0.1235, "view": "both", "checkpoint": 4,
-                                    "decision": "auto", "reviewed_at": None, "candidate_id": 11}}]
+                                    "decision": "auto", "reviewed_at": None, "candidate_id": 11,
+                                    "round": 0}}]
     # a dict with annotations only (no images, no categories) and nothing to add: unchanged
     only = {"annotations": [{"id": 4, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}]}
     assert export.build_enlarged(only, []) == only

@@ -27,7 +27,7 @@ from comining import export, review, store
 from comining.cli import main
 from comining.config import MiningThresholds, ReviewMining, TrainConfig
 from comining.engine import list_checkpoints, load_checkpoint, train
-from conftest import REPO, run_cli
+from conftest import REPO, assert_clean_error, run_cli
 from review_fixtures import make_run
 from test_hardening_server import RawClient, decide_loop, start_app, stop_app
 
@@ -280,6 +280,56 @@ def test_kill_during_remining_keeps_the_old_mining_and_a_rerun_completes(referen
     scores = store_rows(run, "SELECT score FROM candidates WHERE checkpoint = 4")
     assert len(scores) == row[1] and min(s for (s,) in scores) >= 0.01 - 1e-6
     assert store_rows(run, "SELECT * FROM decisions") == before[2]
+
+
+
+REFINE = ["--iters", "4", "--checkpoint-every", "2", "--no-progress"]
+
+
+def _decided_copy(reference: Path, run: Path) -> Path:
+    """A copy of the reference run with one accept and one reject on checkpoint 4."""
+    shutil.copytree(reference, run)
+    r = review.open_run(run)
+    try:
+        first, second = review.queue_items(r, 4)[:2]
+        review.decide(r, first.id, "accepted", client="annotator")
+        review.decide(r, second.id, "rejected", client="annotator")
+    finally:
+        r.close()
+    return run
+
+
+@pytest.mark.slow
+def test_kill_during_refine_then_resume_matches_an_uninterrupted_round(reference, tmp_path):
+    """kill -9 while round 1 trains its iteration 8 (after its checkpoint 6): a new round
+    is refused until it is finished, and `refine --resume` ends exactly as the round run
+    without a kill: weights, momentum, logged losses, mined candidates and objects."""
+    whole = _decided_copy(reference, tmp_path / "whole")
+    in_process("refine", "--run", whole, *REFINE)
+    run = _decided_copy(reference, tmp_path / "killed")
+    proc, _ = spawn(["refine", "--run", run, *REFINE])
+    wait_for(proc, lambda: 7 in metrics_iterations(run), "iteration 7 was logged")
+    kill9(proc)
+    assert [i for i, _ in list_checkpoints(run)] == [2, 4, 6]
+    assert_clean_error(run_cli("refine", "--run", run, *REFINE), "round 1 was stopped",
+                       "add --resume")
+    in_process("refine", "--run", run, "--resume", "--no-progress")
+    assert [i for i, _ in list_checkpoints(run)] == [2, 4, 6, 8]
+    sa, sb = (load_checkpoint(list_checkpoints(r)[-1][1]) for r in (whole, run))
+    for key in sa["model"]:
+        assert torch.equal(sa["model"][key], sb["model"][key]), key
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    ma, mb = ([json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()]
+              for r in (whole, run))
+    assert [m["iteration"] for m in mb] == list(range(1, 9))
+    assert [m["round"] for m in mb] == [0] * 4 + [1] * 4
+    for x, y in zip(ma, mb):
+        assert {k: v for k, v in x.items() if k != "img_s"} == {k: v for k, v in y.items() if k != "img_s"}
+    for sql in (f"SELECT {CANDIDATE_COLUMNS} FROM candidates ORDER BY checkpoint, id",
+                f"SELECT {OBJECT_COLUMNS} FROM objects ORDER BY checkpoint, image_id, score DESC",
+                "SELECT round, start_iteration, end_iteration, decision_ids FROM rounds"):
+        assert store_rows(whole, sql) == store_rows(run, sql) != []
 
 
 # ----------------------------------------------------------------------------- export

@@ -16,7 +16,7 @@ from comining.errors import CominingError
 
 # Command modules under comining.cli, in the order `--help` lists them.
 COMMANDS = ["demo", "synth", "sparsify", "check", "train", "mine", "candidates", "predict",
-            "evaluate", "review", "decide", "export"]
+            "evaluate", "review", "decide", "refine", "export"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -39,6 +39,27 @@ def progress(run: Run, checkpoint: int) -> dict:
                 per_class=[r for r in per_class.values() if r["total"]])
 
 
+def remaining_estimate(run: Run, checkpoint: int):
+    """comining.calibration's estimate of the missing objects left among the checkpoint's
+    pending objects (not those on a label), calibrated on the decisions made on its own
+    objects; None before enough decisions (see calibration.MIN_DECISIONS)."""
+    from comining import calibration
+
+    decided, accepted, pending, classes = [], [], [], []
+    for items in all_items(run, checkpoint).values():
+        for it in items:
+            if it.on_label is not None:
+                continue
+            if it.state == "pending":
+                pending.append(it.score)
+                classes.append(it.category_id)
+            elif it.decision is not None and it.decision.cand_checkpoint == checkpoint:
+                decided.append(it.score)
+                accepted.append(it.state == "accepted")
+    cal = calibration.fit(decided, accepted)
+    return None if cal is None else calibration.remaining(cal, pending, classes)
+
+
 def decision_counts(run: Run) -> dict:
     """Cheap run-wide counts of standing decision rows (for a status line)."""
     out = {"accepted": 0, "rejected": 0}

@@ -1,0 +1,93 @@
+"""How many missing objects the queue still holds, from the annotator's own decisions.
+
+The decisions on one checkpoint's objects calibrate its ranking score into the chance
+that an object is a missing object the annotator would accept: Platt scaling,
+P(accept | s) = sigmoid(a * logit(s) + b), a logistic regression (scikit-learn) on the
+decided objects. The expected number of missing objects left is then the sum of that
+chance over the pending objects (per class: over the pending objects of that best
+class), and the expected precision of accepting every pending object above a score is
+its mean over them.
+
+Why Platt and not isotonic regression: an annotator reviews the queue best first, so the
+decisions cover the high scores and the pending objects lie below them. Isotonic
+regression holds the rate of its lowest decided band flat over every score below it and
+so counts the long, low tail of the queue as if it were as good as the last band
+reviewed; the logistic curve keeps falling with the score. Both views of the checkpoint
+are in the score already (the object's rank score).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_DECISIONS = 10      # fewer decisions (or only accepts, or only rejects): no estimate
+
+
+def _logit(scores) -> np.ndarray:
+    s = np.clip(np.asarray(scores, np.float64), 1e-4, 1 - 1e-4)
+    return np.log(s / (1 - s)).reshape(-1, 1)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """P(accept | score) = sigmoid(slope * logit(score) + intercept)."""
+
+    slope: float
+    intercept: float
+    n_decisions: int
+    n_accepted: int
+
+    def chance(self, scores) -> np.ndarray:
+        """(N,) scores -> (N,) chance each is a missing object the annotator accepts."""
+        z = self.slope * _logit(scores)[:, 0] + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def fit(scores, accepted) -> Calibration | None:
+    """Calibrate from decided objects: their scores (N,) and whether each was accepted
+    (N,) bool. None when there are too few decisions, or only one outcome, to fit."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(accepted, bool).reshape(-1)
+    n, k = len(y), int(y.sum())
+    if n < MIN_DECISIONS or k == 0 or k == n:
+        return None
+    # C large: the plain maximum-likelihood Platt fit (scikit-learn regularises by default)
+    model = LogisticRegression(C=1e4).fit(_logit(scores), y)
+    return Calibration(float(model.coef_[0, 0]), float(model.intercept_[0]), n, k)
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """Missing objects expected among the pending objects of a checkpoint."""
+
+    total: float
+    per_class: dict[int, float]         # best class -> expected missing objects
+    n_pending: int
+    calibration: Calibration
+
+    def line(self) -> str:
+        c = self.calibration
+        return (f"about {self.total:.0f} missing objects remain among the {self.n_pending} "
+                f"pending (calibrated on {c.n_decisions} decisions of this checkpoint, "
+                f"{c.n_accepted} accepted)")
+
+
+def remaining(calibration: Calibration, scores, classes) -> Remaining:
+    """Expected missing objects among pending objects with these scores (N,) and best
+    classes (N,)."""
+    p = calibration.chance(scores) if len(scores) else np.zeros(0)
+    per_class: dict[int, float] = {}
+    for c, v in zip(np.asarray(classes).tolist(), p.tolist()):
+        per_class[int(c)] = per_class.get(int(c), 0.0) + v
+    return Remaining(float(p.sum()), dict(sorted(per_class.items())), len(p), calibration)
+
+
+def batch_precision(calibration: Calibration, scores, threshold: float) -> tuple[int, float | None]:
+    """(how many pending objects score >= threshold, the expected share of them that are
+    missing objects): what accepting them all at once would be worth."""
+    s = np.asarray(scores, np.float64)
+    above = s[s >= threshold - 1e-9]
+    return len(above), (float(calibration.chance(above).mean()) if len(above) else None)

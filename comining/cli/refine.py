@@ -1,0 +1,36 @@
+"""`comining refine`: the next round of the loop, trained on the annotator's decisions."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "refine", help="retrain the run on its inputs + the accepted boxes (the next round)",
+        description="Start the run's next round from its last checkpoint: the detector trains "
+                    "on the input annotations plus every accepted box (as edited), the rejected "
+                    "boxes are known background (never a pseudo box, never proposed again), and "
+                    "each checkpoint of the round is mined for review. The input files are "
+                    "never changed; the round's targets are written under RUN_DIR/rounds/. "
+                    "The optimizer's momentum and the learning-rate schedule restart (warm-up, "
+                    "then x0.1 at 2/3 and 8/9 of the round).")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--iters", type=int, metavar="N",
+                   help="iterations of the round (default: half of the first training's)")
+    p.add_argument("--checkpoint-every", type=int, metavar="K",
+                   help="checkpoint and mine every K iterations (default: as the first training)")
+    p.add_argument("--resume", action="store_true", help="finish a round that was stopped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from comining.rounds import refine
+
+    def announce(config):
+        print(f"round {config.round}: training from checkpoint {config.round_start} to "
+              f"{config.iters} on {config.ann}", flush=True)
+
+    config = refine(args.run, iters=args.iters, checkpoint_every=args.checkpoint_every,
+                    resume=args.resume, progress=not args.no_progress, before_training=announce)
+    print(f"round {config.round} finished: {args.run} (review with: comining review --run {args.run})")
+    return 0

@@ -1,0 +1,159 @@
+"""The loop's rounds: what a `comining refine` round trains on, and starting or resuming one.
+
+Round 0 trains on the input annotations (`comining train`). Each refine round r >= 1
+continues the same run from its last mined checkpoint S for N more iterations, its
+checkpoints numbered on (S + K, S + 2K, ... S + N) and mined for review like round 0's:
+
+- targets: the input annotations plus every standing accepted decision (its edited box
+  and class where edited, and the boxes drawn by hand), merged as export merges them,
+  written to RUN/rounds/round_<r>/targets.json (the input files are never touched);
+- known background: every standing rejected decision's box, in
+  RUN/rounds/round_<r>/rejected.json; co-generation never turns a detection at IoU >= 0.5
+  with one (any class) into a pseudo box for either view, and review never proposes such
+  an object again (a decision covers every later object it overlaps at IoU >= 0.5);
+- schedule: the weights of checkpoint S; SGD's momentum and the learning-rate schedule
+  start afresh (a warm-up, then the paper's two x0.1 steps at 2/3 and 8/9 of the round).
+  Round 0 ended at 1 % of the base rate, where the accepted boxes would barely move the
+  weights; a warm restart at the base rate (as SGDR) lets them, and the momentum held
+  gradients of targets that have since changed.
+
+The store's `rounds` table records each round with the decisions it trained on; export,
+review, `evaluate` and `candidates` see every round's checkpoints. A killed round resumes
+bit-identically with `refine --resume` (training's own resume, from the round's last
+checkpoint); a new round cannot start before the last one has finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from comining import store
+from comining.config import TrainConfig
+from comining.errors import InputError
+from comining.fileio import atomic_write_json
+
+ROUNDS_DIR = "rounds"
+
+
+def round_dir(run_dir, n: int) -> Path:
+    return Path(run_dir) / ROUNDS_DIR / f"round_{n:03d}"
+
+
+@dataclass
+class RoundTargets:
+    annotations: dict          # the input COCO dict enlarged by the accepted boxes
+    rejected: list[dict]       # [{image_id, bbox [x, y, w, h]}]: known background
+    decision_ids: list[int]    # the standing decisions these come from
+    n_accepted: int
+    n_rejected: int
+
+
+def round_targets(run) -> RoundTargets:
+    """What the next round trains on, from the run's standing decisions (a review.Run)."""
+    from comining import review
+    from comining.export import build_enlarged, collect, merge_duplicates
+    from comining.fileio import read_json
+
+    if run.ann_path is None:
+        raise InputError(run.store_path, "the run does not record its input annotation file")
+    with store.snapshot(run.conn):
+        accepted, rejected = collect(run, accept="reviewed")
+        ids = [d.id for d in review.effective_decisions(run.conn)]
+    merged = merge_duplicates(accepted)
+    enlarged = build_enlarged(read_json(run.ann_path), merged)
+    background = [{"image_id": r["image_id"], "bbox": r["bbox"]} for r in rejected]
+    return RoundTargets(enlarged, background, ids, len(merged), len(background))
+
+
+@dataclass
+class RoundState:
+    last_round: int            # 0 when no refine round was started
+    finished: bool             # its last checkpoint is mined
+    last_checkpoint: int | None  # the last mined checkpoint
+    row: dict | None           # the last round's store row
+
+
+def round_state(run_dir) -> RoundState:
+    conn = store.connect(Path(run_dir) / store.STORE_NAME)
+    try:
+        rows = [dict(r) for r in store.rounds(conn)]
+        mined = [r["iteration"] for r in store.checkpoints(conn)]
+    finally:
+        conn.close()
+    last = rows[-1] if rows else None
+    return RoundState(last_round=last["round"] if last else 0,
+                      finished=last is None or last["end_iteration"] in mined,
+                      last_checkpoint=mined[-1] if mined else None, row=last)
+
+
+def refine(run_dir, *, iters: int | None = None, checkpoint_every: int | None = None,
+           resume: bool = False, progress: bool = True, before_training=None) -> TrainConfig:
+    """Start the run's next round (or, with resume, finish a killed one) and train it.
+    `before_training(config)` is called once the round is recorded. Returns its config."""
+    from comining import review
+    from comining.engine import list_checkpoints, load_run_config, train
+
+    run_dir = Path(run_dir)
+    base = load_run_config(run_dir)
+    state = round_state(run_dir)
+    if not state.finished:
+        n = state.last_round
+        if not resume:
+            raise InputError(run_dir, f"round {n} was stopped before its end (iteration "
+                                      f"{state.row['end_iteration']}): add --resume to finish it "
+                                      f"first")
+        config = TrainConfig.load(round_dir(run_dir, n) / "config.json")
+    else:
+        if resume:
+            raise InputError(run_dir, "no stopped round to resume; run refine without --resume "
+                                      "to start the next round")
+        config = _new_round(run_dir, base, state, iters, checkpoint_every, list_checkpoints(run_dir))
+        run = review.open_run(run_dir)
+        try:
+            targets = round_targets(run)
+        finally:
+            run.close()
+        folder = round_dir(run_dir, config.round)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "targets.json", targets.annotations)
+        atomic_write_json(folder / "rejected.json", {"comining": "rejected boxes",
+                                                     "rejected": targets.rejected})
+        config.save(folder / "config.json")
+        conn = store.connect(run_dir / store.STORE_NAME)
+        try:
+            store.add_round(conn, round=config.round, start_iteration=config.round_start,
+                            end_iteration=config.iters, targets=config.ann,
+                            rejected=config.rejected, decision_ids=targets.decision_ids,
+                            n_accepted=targets.n_accepted, n_rejected=targets.n_rejected)
+        finally:
+            conn.close()
+    if before_training:
+        before_training(config)
+    train(config, resume=not state.finished, progress=progress)
+    return config
+
+
+def _new_round(run_dir: Path, base: TrainConfig, state: RoundState, iters, checkpoint_every,
+               checkpoints: list) -> TrainConfig:
+    if not checkpoints:
+        raise InputError(run_dir, "this run has no checkpoint yet: train it first")
+    start = checkpoints[-1][0]
+    if state.last_checkpoint != start:
+        raise InputError(run_dir, f"checkpoint {start} is not mined yet: finish training "
+                                  f"first (comining train --resume)")
+    if state.last_round == 0 and start < base.iters:
+        raise InputError(run_dir, f"training stopped at iteration {start} of {base.iters}: "
+                                  f"finish it first (comining train --resume)")
+    n = state.last_round + 1
+    length = iters if iters is not None else max(1, base.iters // 2)
+    every = checkpoint_every if checkpoint_every is not None else min(base.checkpoint_every, length)
+    if length < 1 or every < 1:
+        raise InputError(None, "--iters and --checkpoint-every must be at least 1")
+    folder = round_dir(run_dir, n)
+    return dataclasses.replace(
+        base, run=str(run_dir), ann=str((folder / "targets.json").resolve()), iters=start + length,
+        checkpoint_every=every, round=n, round_start=start,
+        rejected=str((folder / "rejected.json").resolve()), warmup_iters=None, init=None,
+        init_keep_classes=False)

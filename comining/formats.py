@@ -270,6 +270,7 @@ class Reviewed:
     images: dict[int, list[Box]]                          # every image the file decides
     checkpoints: set = field(default_factory=set)         # the checkpoints it names
     sent: dict[int, list[int]] = field(default_factory=dict)   # image -> objects sent (LS)
+    marked: bool = False         # it bears comining's marks (ids, sources): it came from us
 
 
 def detect(data) -> str:
@@ -389,6 +390,7 @@ def read_labelstudio(tasks: list, run: RunData, path=None) -> Reviewed:
         sent = data.get("comining_objects")
         if isinstance(sent, list) and all(_as_int(s) is not None for s in sent):
             out.sent[image_id] = [_as_int(s) for s in sent]
+            out.marked = True
         annotation = _latest(task.get("annotations"))
         if annotation is None:
             continue
@@ -416,6 +418,7 @@ def read_labelstudio(tasks: list, run: RunData, path=None) -> Reviewed:
             object_id = _as_int(rid[len(LS_OBJECT):]) if rid.startswith(LS_OBJECT) else None
             boxes.append(Box(box, names[labels[0]], object_id,
                              "label" if rid.startswith(LS_LABEL) else None))
+            out.marked |= object_id is not None
     if problems:
         raise InputError(path, f"not a Label Studio export of this run: "
                                f"{summarize_problems(problems)}; nothing was recorded")
@@ -475,9 +478,10 @@ def read_coco(data: dict, run: RunData, path=None) -> Reviewed:
         if checkpoint is not None:
             out.checkpoints.add(checkpoint)
         source = _attribute(a, "comining_source")
+        object_id = _as_int(_attribute(a, "comining_object"))
+        out.marked |= object_id is not None or source in ("mined", "label")
         out.images[to_run[a["image_id"]]].append(Box(
-            tuple(float(v) for v in bbox), names[name], _as_int(_attribute(a, "comining_object")),
-            str(source) if source else None))
+            tuple(float(v) for v in bbox), names[name], object_id, str(source) if source else None))
     if problems:
         raise InputError(path, f"not a COCO file of this run: {summarize_problems(problems)}; "
                                f"nothing was recorded")
@@ -581,4 +585,14 @@ def review_entries(run, data, kind: str, *, checkpoint=None, path=None) -> tuple
         listed = reviewed.sent.get(image_id)
         sent[image_id] = [(x.id, x.category_id, x.box) for x in items if x.state == "pending" and (
             x.id in listed if listed is not None else x.on_label is None)]
-    return to_entries(reviewed, info, sent, known), it
+    entries = to_entries(reviewed, info, sent, known)
+    n_sent = sum(len(v) for v in sent.values())
+    if n_sent and not reviewed.marked and not any(
+            "object_id" in e and e["decision"] == "accepted" for e in entries):
+        # an annotation file that is no review of ours (the run's own input, its export)
+        # would reject every pending object of its images
+        raise InputError(path, f"this file keeps none of the {n_sent} pending objects of its "
+                               f"images and bears no comining_object / comining_source mark: it "
+                               f"is not a review of `comining candidates --format ...` (to reject "
+                               f"them all, use a decision list); nothing was recorded")
+    return entries, it

@@ -450,6 +450,7 @@ def test_a_native_entry_that_names_its_object_decides_it_wherever_its_box_went(i
     ("labelstudio foreign label", "label 'zebra' is not a class of this run"),
     ("labelstudio foreign image", "is not an image of this run"),
     ("unknown object", "object 987654 is not an object of image 1"),
+    ("the run's own annotations", "keeps none of the 8 pending objects"),
 ])
 def test_a_foreign_file_is_one_line_and_changes_nothing(info, tmp_path, case, needle):
     plan = plan_for(objects(info))
@@ -466,6 +467,8 @@ def test_a_foreign_file_is_one_line_and_changes_nothing(info, tmp_path, case, ne
             data[0]["annotations"][0]["result"][-1]["value"]["rectanglelabels"] = ["zebra"]
         else:
             data[1]["data"] = {"image": "/data/upload/3/cat.jpg"}
+    elif case == "the run's own annotations":    # would reject every pending object
+        data = json.loads(info.ann_path.read_text())
     else:
         data = [{"image_id": 1, "bbox": DRAWN, "category_id": 1, "decision": "accepted"},
                 {"image_id": 1, "bbox": DRAWN, "category_id": 1, "decision": "accepted",

@@ -36,7 +36,11 @@ entries `comining.review.import_decisions` records:
 
 "Sent out" means the objects of the images the file holds that are still pending at
 the checkpoint (those missing a label; a Label Studio task lists its own). An image the
-file does not hold decides nothing; a Label Studio task nobody annotated neither.
+file does not hold decides nothing; a Label Studio task nobody annotated neither. A
+deletion only rejects an object still pending; a box naming an object decided
+meanwhile (in the app) records the file's decision on it, the latest standing. A file
+bearing no comining mark that would reject every pending object of its images (the
+run's own annotation file, its export) is refused.
 """
 
 from __future__ import annotations

@@ -221,9 +221,8 @@ def labelstudio_export(tasks, plan):
     return out
 
 
-def _edited_coco(data, plan, *, attributes):
-    """The COCO file after the review: `attributes(a)` is what the tool writes of an
-    annotation's comining attributes (None: the tool dropped them)."""
+def _edited_coco(data, plan):
+    """The COCO file after the review (ids and attributes as they were)."""
     data = copy.deepcopy(data)
     anns = []
     for a in data["annotations"]:
@@ -244,7 +243,7 @@ def cvat_export(data, plan, *, declared=True):
     """CVAT's COCO 1.0 export of the task: images and classes renumbered (classes in label
     order from 1), attributes as text, occluded/rotation added, no score. Changing a
     box's class resets its attributes; undeclared attributes are gone."""
-    data = _edited_coco(data, plan, attributes=None)
+    data = _edited_coco(data, plan)
     image_ids = {im["id"]: 1 + k for k, im in enumerate(reversed(data["images"]))}
     names = {c["id"]: c["name"] for c in data["categories"]}
     cat_ids = {name: 1 + k for k, name in enumerate(sorted(names.values(), reverse=True))}
@@ -276,7 +275,7 @@ def fiftyone_export(data, plan, images_dir):
     """FiftyOne's COCODetectionDataset export of the "mined" field (labels only): file
     names are the samples' paths, the Detection attributes flattened into the
     annotation, confidence as score."""
-    data = _edited_coco(data, plan, attributes=None)
+    data = _edited_coco(data, plan)
     anns = []
     for k, a in enumerate(data["annotations"]):
         b = {"id": k + 1, "image_id": a["image_id"], "category_id": a["category_id"],
@@ -300,7 +299,7 @@ def reviewed_file(info, tmp_path, tool, plan):
         return fiftyone_export(json.loads((out / "mined.json").read_text()), plan, info.images_dir)
     data = json.loads(out.read_text())
     if tool == "coco":
-        return _edited_coco(data, plan, attributes=None)
+        return _edited_coco(data, plan)
     return cvat_export(data, plan, declared=tool == "cvat")
 
 

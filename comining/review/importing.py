@@ -1,7 +1,9 @@
 """Decisions made elsewhere (a script, another tool, a simulated annotator) brought into
 a run: each entry {image_id, bbox [x, y, w, h], category_id, decision} is matched to the
 mined object it overlaps most (IoU >= 0.5, any class) at a checkpoint and recorded as a
-decision on it, with the entry's class and box (an edit when they differ). An accepted
+decision on it, with the entry's class and box (an edit when they differ). An entry
+that names its object ("object_id", the id `comining candidates --format ...` writes)
+is recorded on that object wherever its box went. An accepted
 box that matches no object is recorded as a manual annotation (a decision on no
 candidate: export adds it), a rejected one as known background (no object there is
 proposed again). Everything is validated before anything is written, then written in
@@ -24,9 +26,9 @@ from comining.review.writing import _insert, _stamp
 FIELDS = ("image_id", "bbox", "category_id", "decision")
 
 
-def check_entries(run: Run, entries, path=None) -> list[tuple[int, tuple, int, str]]:
-    """[(image_id, clean xywh box, category_id, decision)], or one InputError naming the
-    file and the bad entries."""
+def check_entries(run: Run, entries, path=None) -> list[tuple[int, tuple, int, str, int | None]]:
+    """[(image_id, clean xywh box, category_id, decision, object_id or None)], or one
+    InputError naming the file and the bad entries."""
     if not isinstance(entries, list):
         raise InputError(path, "a decisions file is a json list of {image_id, bbox, category_id, "
                                f"decision}}, not a {type(entries).__name__}")
@@ -36,7 +38,10 @@ def check_entries(run: Run, entries, path=None) -> list[tuple[int, tuple, int, s
             problems.append(f"entry {k} lacks one of {', '.join(FIELDS)}")
             continue
         image_id, cat, decision = e["image_id"], e["category_id"], e["decision"]
-        if decision not in ("accepted", "rejected"):
+        object_id = e.get("object_id")
+        if object_id is not None and (not isinstance(object_id, int) or isinstance(object_id, bool)):
+            problems.append(f"entry {k}: object_id {object_id!r} is not an object id")
+        elif decision not in ("accepted", "rejected"):
             problems.append(f"entry {k}: decision {decision!r} is not accepted or rejected")
         elif not isinstance(image_id, int) or isinstance(image_id, bool) or image_id not in run.images:
             problems.append(f"entry {k}: image {image_id!r} is not in this run")
@@ -55,7 +60,7 @@ def check_entries(run: Run, entries, path=None) -> list[tuple[int, tuple, int, s
             except InputError as exc:
                 problems.append(f"entry {k}: {exc.problem}")
                 continue
-            out.append((image_id, box, cat, decision))
+            out.append((image_id, box, cat, decision, object_id))
     if problems:
         raise InputError(path, f"{len(problems)} of {len(entries)} decisions are bad: "
                                f"{summarize_problems(problems)}; nothing was recorded")
@@ -73,10 +78,16 @@ def import_decisions(run: Run, entries, *, checkpoint: int | str = "last", clien
     with store.transaction(conn):
         when = _stamp(conn, client)
         items_of: dict[int, list] = {}
-        for image_id, box, cat, decision in clean:
+        for k, (image_id, box, cat, decision, object_id) in enumerate(clean):
             items = items_of.setdefault(image_id, image_items(run, it, image_id, include_rejected=True))
             target = None
-            if items:
+            if object_id is not None:
+                target = next((x for x in items if x.id == object_id), None)
+                if target is None:   # rolls the transaction back: nothing recorded
+                    raise InputError(path, f"entry {k}: object {object_id} is not an object of "
+                                           f"image {image_id} at checkpoint {it}; nothing was "
+                                           f"recorded")
+            elif items:
                 iou = iou_matrix([box], [x.box for x in items])[0]
                 j = int(np.argmax(iou))
                 target = items[j] if iou[j] >= IOU_SAME else None

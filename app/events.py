@@ -57,6 +57,7 @@ def wire(ui, ctx: Ctx, demo: gr.Blocks) -> None:
     _wire_editor(ui, ctx)
     _wire_fast(ui, ctx)
     _wire_tabs(ui, ctx)
+    _wire_run(ui, ctx)
 
 
 def _wire_loading(ui, ctx: Ctx, demo: gr.Blocks) -> None:
@@ -421,3 +422,32 @@ def _wire_tabs(ui, ctx: Ctx) -> None:
 
     ui.x_btn.click(on_export, [ui.x_accept, ui.x_score, ui.x_checkpoint], [ui.x_result, ui.x_file],
                    api_name="export")
+
+
+def _wire_run(ui, ctx: Ctx) -> None:
+    """The run while the annotator reviews: its progress and new checkpoints (polled),
+    and retraining with the decisions (a background `comining refine`)."""
+    run = ctx.run
+
+    @_guard
+    def on_tick(known, st):
+        # reads the page's state, never writes it: a tick racing a decision must not undo it
+        line = ctx.retrainer.line()
+        cks = run.checkpoints()
+        if cks and st.get("checkpoint") is not None and cks[-1] > st["checkpoint"]:
+            line += (f"\n\n🆕 **checkpoint {cks[-1]} is mined**: choose it in the Checkpoint "
+                     f"list (your decisions carry over to it)")
+        if known is not None and cks == known:
+            return known, line, gr.skip(), gr.skip()
+        choices = checkpoint_choices(ctx)
+        return cks, line, gr.update(choices=choices), gr.update(choices=[("last", "last")] + choices)
+
+    ui.timer.tick(on_tick, [ui.known_checkpoints, ui.state],
+                  [ui.known_checkpoints, ui.run_status, ui.checkpoint, ui.x_checkpoint],
+                  api_name=False, show_progress="hidden")
+
+    @_guard
+    def on_retrain():
+        return ctx.retrainer.start()
+
+    ui.retrain.click(on_retrain, None, [ui.run_status], api_name="retrain")

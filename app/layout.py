@@ -12,6 +12,7 @@ from app.events import wire
 from app.views import LAYER_LABELS, Ctx, new_state
 from comining import review
 
+RUN_POLL_S = 4.0     # how often the page looks for new checkpoints and the run's progress
 VIEW_CHOICES = [("original view only", "original"), ("augmented view only", "augmented"),
                 ("both views (agreed)", "both")]
 STATE_CHOICES = [("pending", "pending"), ("accepted", "accepted"), ("rejected", "rejected")]
@@ -99,6 +100,12 @@ def build(run: review.Run, *, private: bool = False) -> gr.Blocks:
         ui.state = gr.State(new_state())
         gr.Markdown(f"## comining review · `{run.name}`")
         ui.status = gr.Markdown("", elem_id="status")
+        with gr.Row(equal_height=True):
+            ui.run_status = gr.Markdown("", elem_id="run-status")
+            ui.retrain = gr.Button("⟳ Retrain with my decisions", size="sm", scale=0,
+                                   min_width=240, elem_id="retrain-btn")
+        ui.known_checkpoints = gr.State(None)
+        ui.timer = gr.Timer(RUN_POLL_S)
         with gr.Tabs(elem_id="tabs") as ui.tabs:
             with gr.Tab("Review", id="review", elem_id="tab-review"):
                 _review_tab(ui, names, shown)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import gradio as gr
 import numpy as np
 
+from app.retrain import Retrainer
 from comining import review
+from comining.calibration import MIN_DECISIONS, batch_precision
 from comining.errors import InputError
 
 FAST_PAGE = 24
@@ -18,10 +20,11 @@ LAYER_LABELS = [("annotated (dimmed)", "annotated"), ("original view", "original
 
 
 class Ctx:
-    """What the handlers share: the run and name <-> id maps."""
+    """What the handlers share: the run, name <-> id maps, the background retraining."""
 
     def __init__(self, run: review.Run):
         self.run = run
+        self.retrainer = Retrainer(run.dir)
 
     @property
     def names(self) -> dict[int, str]:
@@ -212,6 +215,15 @@ def batch_preview(ctx, st, min_score):
     scope = ", ".join(ctx.names[c] for c in f.classes) if f.classes else "all classes"
     text = (f"**{n}** pending candidates agreed by both views with score ≥ {float(min_score):.2f} "
             f"at checkpoint {st['checkpoint']} ({scope}).")
+    if n and n_mined(ctx, st["checkpoint"]) <= LIVE_PREVIEW_MAX:
+        cal, _, _ = review.calibrate(ctx.run, st["checkpoint"])
+        if cal is not None:
+            agreed = review.pending_objects(ctx.run, st["checkpoint"], review.Filters(
+                classes=f.classes, views=("both",), score_min=float(min_score)))
+            _, right = batch_precision(cal, [o[4] for o in agreed], float(min_score))
+            if right is not None:
+                text += (f" Expected right: **~{right:.0%}** (your {cal.n_decisions} decisions "
+                         f"at this checkpoint calibrate the score).")
     return text, gr.update(value=f"Accept {n} agreed ≥ {float(min_score):.2f}", interactive=n > 0)
 
 
@@ -241,9 +253,17 @@ def progress_md(ctx, st) -> str:
              f"**{p['pending']}** pending · {p['decisions']} decisions recorded in the run",
              "", "| class | total | reviewed | accepted | rejected | pending |",
              "|---|---:|---:|---:|---:|---:|"]
+    est = review.remaining_estimate(ctx.run, st["checkpoint"])
+    if est is not None:
+        lines[-2] += " missing left (estimate) |"
+        lines[-1] += "---:|"
     for r in p["per_class"]:
         lines.append(f"| {r['name']} | {r['total']} | {r['reviewed']} | {r['accepted']} | "
-                     f"{r['rejected']} | {r['pending']} |")
+                     f"{r['rejected']} | {r['pending']} |"
+                     + (f" {est.per_class.get(r['category_id'], 0.0):.0f} |" if est else ""))
+    lines += ["", f"**Missing objects left:** {est.line()}." if est else
+              f"**Missing objects left:** decide {MIN_DECISIONS} objects of this checkpoint "
+              f"(accepts and rejects) for an estimate."]
     lines += ["", "<small>A candidate here is one object: the boxes both views mined for it, "
                   "of any class, count once. Decisions made at other checkpoints count when "
                   "they cover the same object (IoU ≥ 0.5, whatever the class).</small>"]

@@ -18,7 +18,7 @@ Against: (a) one-shot review of round 0's queue (the same oracle, no stop rule, 
 retraining) at the same numbers of decisions; (b) the same loop with the `original`
 method (one view, annotations only; its round 0 trained here when missing).
 
-  python benchmarks/loop.py                 # both methods; ~45 min on 2 CPU cores
+  python benchmarks/loop.py                 # both methods; about an hour on 2 CPU cores
   python benchmarks/loop.py --work DIR      # where the round-0 runs live (reused)
 
 Writes benchmarks/results/loop.md and loop.json.
@@ -235,6 +235,8 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
                "truth_remaining": truth, "review_s": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         print(f"[{method}] round {n}: {row}", flush=True)
+        # the store as this round left it (for studying other estimates afterwards)
+        shutil.copy2(run / store.STORE_NAME, run.parent / f"round{n}.sqlite")
         if n == rounds or not decisions:
             break
         t0 = time.perf_counter()
@@ -321,7 +323,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
     p.add_argument("--rounds", type=int, default=3, help="refine rounds (default 3)")
-    p.add_argument("--iters", type=int, default=400, help="iterations of each refine round")
+    p.add_argument("--iters", type=int, default=600,
+                   help="iterations of each refine round (default 600: refine's default, half "
+                        "of round 0's; mined once, at its end)")
     p.add_argument("--methods", nargs="+", default=["comining", "original"])
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args(argv)

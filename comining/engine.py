@@ -14,13 +14,14 @@ import json
 import os
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from comining import store
+from comining import status, store
 from comining.augment import make_view_augmenter
 from comining.coco import CocoDataset, attach_rejected, load_coco
 from comining.config import TrainConfig
@@ -287,7 +288,23 @@ def _truncate_metrics(path: Path, last_iteration: int) -> None:
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or resume) a run; mine the training set at every checkpoint. Returns RUN_DIR."""
+    """Train (or resume) a run; mine the training set at every checkpoint. Returns RUN_DIR.
+    The main process holds the run's lock and keeps RUN/status.json (comining.status)."""
+    with ExitStack() as held:
+        try:
+            return _train(config, resume, progress, held)
+        except Exception as exc:
+            if status.holds_lock(config.run):     # this process was training the run
+                _status(config, "failed", error=_first_sentence(exc))
+            raise
+
+
+def _status(config: TrainConfig, state: str, **fields) -> None:
+    status.write(config.run, state=state, round=config.round, round_start=config.round_start,
+                 iters=config.iters, batch_size=config.batch_size, **fields)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -> Path:
     ddp = Distributed.from_env()
     device = resolve_device(config.device)
     if ddp.world_size > 1:
@@ -318,6 +335,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     if config.rejected:
         attach_rejected(coco, config.rejected)
     if ddp.main:
+        held.enter_context(status.run_lock(run_dir))
         _prepare_run_dir(config, run_dir, coco, resume)
     if ddp.world_size > 1:
         dist.barrier()
@@ -351,6 +369,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             # Killed while mining this checkpoint: its store transaction never committed.
             _mine(ctx, start, path, None)
         if start >= config.iters:
+            if ddp.main:
+                _status(config, "finished", iteration=start)
             return run_dir
     elif existing:
         # A round's start: the last round's weights; the optimizer's momentum and the
@@ -404,6 +424,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
                 if metrics_file:
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
+                    _status(config, "training", iteration=done, loss=row["loss"],
+                            img_s=row["img_s"])
                 if bar:
                     bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['img_s']:.1f}")
                 window_start, window_images = time.perf_counter(), 0
@@ -419,6 +441,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             metrics_file.close()
     if ddp.world_size > 1:
         dist.barrier()
+    if ddp.main:
+        _status(config, "finished", iteration=config.iters)
     return run_dir
 
 
@@ -450,6 +474,8 @@ def _mine(ctx: RunContext, iteration: int, path: Path, bar) -> None:
     and store the candidates in one transaction (all ranks take part under DDP)."""
     if bar:
         bar.set_description(f"mining at {iteration}")
+    if ctx.ddp.main:
+        _status(ctx.config, "mining", iteration=iteration)
     cands = mine_dataset(ctx.dense, ctx.mining_dataset, ctx.config.thresholds,
                          augment=ctx.config.augment, device=ctx.device,
                          batch_size=ctx.config.batch_size, num_workers=ctx.config.num_workers,

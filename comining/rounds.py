@@ -95,8 +95,14 @@ def refine(run_dir, *, iters: int | None = None, checkpoint_every: int | None = 
     from comining import review
     from comining.engine import list_checkpoints, load_run_config, train
 
+    from comining import status
+
     run_dir = Path(run_dir)
     base = load_run_config(run_dir)
+    now = status.read(run_dir)
+    if now and now["alive"]:
+        raise InputError(run_dir, f"the run is training now ({status.describe(now)[2:]}, process "
+                                  f"{now['pid']}): refine once it has finished")
     state = round_state(run_dir)
     if not state.finished:
         n = state.last_round

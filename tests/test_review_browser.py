@@ -458,3 +458,58 @@ def test_empty_run_and_missing_image_in_chromium(browser, tmp_path):
         expect(page.locator("#image-info")).to_contain_text("Image not shown")
         shot(page, "11_missing_image.png")
         page.close()
+
+
+@pytest.mark.browser
+def test_retrain_from_the_app_and_see_its_checkpoint_without_a_restart_in_chromium(browser, tmp_path):
+    """The loop from the page: "Retrain with my decisions" starts a refine round in the
+    background; the status line follows it, and its checkpoint, mined after the page
+    opened, is offered in the Checkpoint list and opens with the accepted object gone
+    from the queue (it is a label of the round)."""
+    from playwright.sync_api import expect
+
+    from comining import store
+    from comining.config import MiningThresholds, ReviewMining, TrainConfig
+    from comining.engine import train
+    from comining.synth import generate
+
+    generate(tmp_path / "data", train=8, val=1, size=96, classes=3, seed=1)
+    run_dir = train(TrainConfig(
+        images=str(tmp_path / "data" / "images"),
+        ann=str(tmp_path / "data" / "annotations" / "train.json"), run=str(tmp_path / "run"),
+        backbone="mobilenet_v3", fpn_channels=32, image_size=96, batch_size=2, iters=4,
+        checkpoint_every=2, weights_backbone="none", device="cpu", num_workers=0, log_every=1,
+        thresholds=MiningThresholds.for_detector("retinanet", score_thresh=0.001),
+        review=ReviewMining(score_floor=0.001)), progress=False)
+    with serve(run_dir) as (_, url):
+        page = open_page(browser, url)
+        status = page.locator("#run-status")
+        expect(status).to_contain_text("training finished (iteration 4 of 4)")
+        first = page.locator("#candidates label").first.inner_text()
+        page.click("#accept-btn")
+        expect(page.locator("#counts")).to_contain_text("1 accepted")
+        page.click("#retrain-btn")
+        expect(status).to_contain_text("Retraining with your decisions")
+        expect(status).to_contain_text("checkpoint 6 is mined", timeout=180_000)
+        expect(status).to_contain_text("round 1 finished")
+        shot(page, "15_retrained.png")
+        page.click("#checkpoint input")
+        page.click("ul[role='listbox'] li:has-text('iteration 6')")
+        expect(page.locator("#image-info")).to_contain_text("checkpoint 6")
+        page.close()
+    conn = store.connect(run_dir / store.STORE_NAME)
+    try:
+        [row] = store.rounds(conn)
+        assert (row["start_iteration"], row["end_iteration"], row["n_accepted"]) == (4, 6, 1)
+        accepted = [d for d in review.decisions(conn) if d.decision == "accepted"]
+    finally:
+        conn.close()
+    assert len(accepted) == 1 and first
+    r = review.open_run(run_dir)
+    try:
+        pending = review.queue_items(r, 6)
+        boxes = [it.box for it in pending if it.image_id == accepted[0].image_id]
+        assert not boxes or review.iou_matrix(boxes, [accepted[0].box]).max() < 0.5
+    finally:
+        r.close()
+    assert "round 1 finished" in (run_dir / "rounds" / "refine.log").read_text()

@@ -48,14 +48,15 @@ from comining.review.records import (
 from comining.review.importing import import_decisions
 from comining.review.run import Run, open_run
 from comining.review.stats import (
-    decision_counts, mining_quality, plot_data, plot_figures, progress, read_metrics,
+    calibrate, decision_counts, mining_quality, plot_data, plot_figures, progress, read_metrics,
+    remaining_estimate,
 )
 from comining.review.writing import (
     CountChanged, batch_accept, batch_candidates, batch_count, decide, decide_many, undo,
 )
 
 __all__ = [
-    "all_items", "batch_accept", "batch_candidates", "batch_count", "clean_box", "count_items",
+    "all_items", "batch_accept", "calibrate", "remaining_estimate", "batch_candidates", "batch_count", "clean_box", "count_items",
     "clean_boxes", "COLOURS", "CountChanged", "crop", "crops", "decide", "decide_items",
     "decide_many", "Decision", "decision_counts", "decisions", "describe",
     "effective_decisions", "Filters", "import_decisions", "grouped_items", "image_items", "object_items",

@@ -39,10 +39,10 @@ def progress(run: Run, checkpoint: int) -> dict:
                 per_class=[r for r in per_class.values() if r["total"]])
 
 
-def remaining_estimate(run: Run, checkpoint: int):
-    """comining.calibration's estimate of the missing objects left among the checkpoint's
-    pending objects (not those on a label), calibrated on the decisions made on its own
-    objects; None before enough decisions (see calibration.MIN_DECISIONS)."""
+def calibrate(run: Run, checkpoint: int):
+    """(comining.calibration's fit on the decisions made on this checkpoint's objects, or
+    None before there are enough; the scores and best classes of its pending objects).
+    Objects on a label of another class are left out: they are not missing objects."""
     from comining import calibration
 
     decided, accepted, pending, classes = [], [], [], []
@@ -53,10 +53,20 @@ def remaining_estimate(run: Run, checkpoint: int):
             if it.state == "pending":
                 pending.append(it.score)
                 classes.append(it.category_id)
-            elif it.decision is not None and it.decision.cand_checkpoint == checkpoint:
+            elif it.decision is not None and it.decision.object_id == it.id:
+                # decided on this very object: one outcome per decision (the objects a
+                # decision covers by overlap are its duplicates, whatever their scores)
                 decided.append(it.score)
                 accepted.append(it.state == "accepted")
-    cal = calibration.fit(decided, accepted)
+    return calibration.fit(decided, accepted), pending, classes
+
+
+def remaining_estimate(run: Run, checkpoint: int):
+    """The missing objects expected among the checkpoint's pending objects
+    (calibration.Remaining), or None before enough decisions on this checkpoint."""
+    from comining import calibration
+
+    cal, pending, classes = calibrate(run, checkpoint)
     return None if cal is None else calibration.remaining(cal, pending, classes)
 
 

@@ -1,0 +1,90 @@
+"""The remaining-objects estimate: the annotator's decisions calibrate the queue's score
+(comining.calibration), and the run's status line (comining.status)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from comining import calibration, status
+from comining.errors import InputError
+
+
+def test_no_estimate_before_enough_decisions_of_both_kinds():
+    assert calibration.fit([0.9] * 5 + [0.1] * 4, [True] * 5 + [False] * 4) is None   # 9 < 10
+    assert calibration.fit(np.linspace(0.1, 0.9, 40), [True] * 40) is None
+    assert calibration.fit(np.linspace(0.1, 0.9, 40), [False] * 40) is None
+    assert calibration.fit([0.9] * 6 + [0.1] * 4, [True] * 6 + [False] * 4) is not None
+
+
+def test_identity_calibration_by_hand():
+    """slope 1, intercept 0: the chance is the score itself."""
+    cal = calibration.Calibration(1.0, 0.0, 20, 10)
+    np.testing.assert_allclose(cal.chance([0.9, 0.2, 0.5]), [0.9, 0.2, 0.5])
+    rem = calibration.remaining(cal, [0.9, 0.2, 0.3], [1, 2, 2])
+    assert rem.total == pytest.approx(1.4) and rem.n_pending == 3
+    assert rem.per_class == pytest.approx({1: 0.9, 2: 0.5})
+    assert calibration.batch_precision(cal, [0.9, 0.8, 0.2], 0.5) == (2, pytest.approx(0.85))
+    assert calibration.batch_precision(cal, [0.2], 0.5) == (0, None)
+    assert "about 1 missing objects remain among the 3 pending" in rem.line()
+
+
+def test_the_fit_recovers_a_known_acceptance_curve_and_counts_what_remains():
+    """Decisions drawn from P(accept | s) = sigmoid(3 logit(s) - 1): the fitted curve is
+    that one, and the expected count over other scores matches the true sum."""
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.02, 0.98, 4000)
+    true = lambda s: 1 / (1 + np.exp(-(3 * np.log(s / (1 - s)) - 1)))   # noqa: E731
+    accepted = rng.uniform(size=4000) < true(scores)
+    cal = calibration.fit(scores, accepted)
+    assert cal.slope == pytest.approx(3, rel=0.1) and cal.intercept == pytest.approx(-1, abs=0.15)
+    pending = rng.uniform(0.05, 0.6, 3000)
+    classes = rng.integers(1, 3, 3000)
+    rem = calibration.remaining(cal, pending, classes)
+    assert rem.total == pytest.approx(true(pending).sum(), rel=0.1)
+    for c in (1, 2):
+        assert rem.per_class[c] == pytest.approx(true(pending[classes == c]).sum(), rel=0.12)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_status_lines(tmp_path):
+    status.write(tmp_path, state="training", round=1, round_start=1200, iters=1800,
+                 iteration=1400, loss=1.2345, img_s=8.0, batch_size=8)
+    s = status.read(tmp_path)
+    assert s["alive"] and s["pid"] == os.getpid()
+    # 400 iterations of 8 images at 8 images a second
+    assert status.describe(s) == ("⏳ round 1: iteration 1400 of 1800, loss 1.234, about 7 min "
+                                  "of training left")
+    data = json.loads((tmp_path / status.STATUS_NAME).read_text())
+    data["pid"] = _dead_pid()
+    (tmp_path / status.STATUS_NAME).write_text(json.dumps(data))
+    s = status.read(tmp_path)
+    assert not s["alive"]
+    assert status.describe(s).startswith("⏸ round 1 stopped at iteration 1400 of 1800")
+    status.write(tmp_path, state="finished", round=0, iters=1200, iteration=1200)
+    assert status.describe(status.read(tmp_path)) == "✅ training finished (iteration 1200 of 1200)"
+    (tmp_path / status.STATUS_NAME).write_text("{half")
+    assert status.read(tmp_path) is None and status.describe(None) == ""
+
+
+def test_the_run_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
+    lock = tmp_path / status.LOCK_NAME
+    lock.write_text(str(os.getppid()))           # a live process that is not this one
+    with pytest.raises(InputError, match=f"being trained by process {os.getppid()} now"):
+        with status.run_lock(tmp_path):
+            pass
+    assert lock.read_text() == str(os.getppid())
+    lock.write_text(str(_dead_pid()))
+    with status.run_lock(tmp_path):
+        assert lock.read_text() == str(os.getpid()) and status.holds_lock(tmp_path)
+    assert not lock.exists()

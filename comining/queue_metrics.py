@@ -117,3 +117,26 @@ def effort_line(s: dict) -> str:
     return (f"reviewing {items} finds {s['object']['found_at']['1']} of the {n} "
             f"erased objects ({s['object']['found_at']['2']} within {min(2 * n, s['n_items'])}; "
             f"queue AP {s['object']['ap']:.2f}, {s['class']['ap']:.2f} with the right class)")
+
+
+def missing_left(pending: Iterable[dict], accepted: Iterable[dict], hidden: dict,
+                 iou_thresh: float = 0.5) -> dict[int, int]:
+    """The truth the remaining-objects estimate is checked against: per class, the erased
+    labels (HIDDEN) not found yet (no accepted box at IoU >= iou_thresh, any class) that
+    a pending object of the queue overlaps at IoU >= iou_thresh (any class). `pending`
+    and `accepted`: dicts with image_id and bbox [x, y, w, h]."""
+    from comining.boxes import iou_matrix
+
+    by_image: dict[int, dict[str, list]] = defaultdict(lambda: {"pending": [], "accepted": []})
+    for kind, boxes in (("pending", pending), ("accepted", accepted)):
+        for b in boxes:
+            by_image[b["image_id"]][kind].append(b["bbox"])
+    left: dict[int, int] = defaultdict(int)
+    for a in hidden.get("annotations", []):
+        if a.get("iscrowd", 0) or a["image_id"] not in by_image:
+            continue
+        boxes = by_image[a["image_id"]]
+        found = boxes["accepted"] and iou_matrix([a["bbox"]], boxes["accepted"]).max() >= iou_thresh
+        if not found and boxes["pending"] and iou_matrix([a["bbox"]], boxes["pending"]).max() >= iou_thresh:
+            left[a["category_id"]] += 1
+    return dict(sorted(left.items()))

@@ -88,3 +88,51 @@ def test_the_run_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path)
     with status.run_lock(tmp_path):
         assert lock.read_text() == str(os.getpid()) and status.holds_lock(tmp_path)
     assert not lock.exists()
+
+
+def test_missing_left_by_hand():
+    from comining.queue_metrics import missing_left
+
+    hidden = {"annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},     # found
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10]},   # pending hit
+        {"id": 3, "image_id": 1, "category_id": 2, "bbox": [80, 0, 10, 10]},    # nothing there
+        {"id": 4, "image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10]},     # pending hit
+        {"id": 5, "image_id": 2, "category_id": 1, "bbox": [20, 20, 10, 10], "iscrowd": 1}]}
+    pending = [{"image_id": 1, "bbox": [51, 50, 10, 10]}, {"image_id": 1, "bbox": [0, 1, 10, 10]},
+               {"image_id": 2, "bbox": [0, 0, 11, 10]}, {"image_id": 2, "bbox": [20, 20, 10, 10]}]
+    accepted = [{"image_id": 1, "bbox": [1, 0, 10, 10]}]
+    assert missing_left(pending, accepted, hidden) == {1: 1, 2: 1}
+
+
+def test_evaluate_prints_the_estimate_and_the_truth(tmp_path, capsys):
+    """Decide images 1-3 of the fixture (accept what matches an erased label, reject the
+    rest): the queue then holds image 4's three erased objects and one false box."""
+    from comining import review
+    from comining.cli import main
+    from review_fixtures import make_run
+
+    info = make_run(tmp_path)
+    r = review.open_run(info.run_dir)
+    try:
+        for image_id in (1, 2, 3):
+            truth = [a["bbox"] for a in info.hidden if a["image_id"] == image_id]
+            for it in review.image_items(r, 200, image_id):
+                hit = review.iou_matrix([it.box], truth).max() >= 0.5
+                review.decide(r, it.id, "accepted" if hit else "rejected", client="t")
+    finally:
+        r.close()
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "--run", str(info.run_dir), "--hidden", str(info.hidden_path),
+                 "--checkpoint", "200", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "missing objects left in the queue at checkpoint 200: about" in printed
+    assert "truth (HIDDEN): 3" in printed
+    rem = json.loads(out.read_text())["remaining"]
+    image4 = [a["category_id"] for a in info.hidden if a["image_id"] == 4]
+    assert rem["truth"] == 3 and rem["decisions"] == 12
+    assert rem["truth_per_class"] == {str(c): image4.count(c) for c in sorted(set(image4))}
+    assert 0 <= rem["estimate"] <= 4          # four objects are pending
+    # no decisions: no estimate, said so
+    assert main(["evaluate", "--run", str(info.run_dir), "--checkpoint", "100"]) == 0
+    assert "no estimate yet" in capsys.readouterr().out

@@ -333,7 +333,6 @@ def test_cli_refuses_a_hidden_file_of_another_split(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--run", "RUN"], "nothing to evaluate"),
     (["--run", "RUN", "--ann", "x.json"], "go together"),
     (["--run", "NOPE", "--hidden", "h.json"], "run folder not found"),
     (["--run", "RUN", "--hidden", "missing.json"], "file not found"),

@@ -234,15 +234,56 @@ def print_queue(queue: dict) -> None:
         print(f"  at checkpoint {last}: {effort_line(queue[last])}")
 
 
+def remaining(run_dir: Path, checkpoint, hidden: dict | None) -> dict | None:
+    """The app's estimate of the missing objects left in the queue of a checkpoint (the
+    last by default), and with HIDDEN the truth; None when the run has no mined checkpoint."""
+    from comining import review, store
+    from comining.queue_metrics import missing_left
+
+    r = review.open_run(run_dir)
+    try:
+        if not store.checkpoints(r.conn):
+            return None
+        it = store.resolve_checkpoint(r.conn, checkpoint or "last", run_dir)
+        est = review.remaining_estimate(r, it)
+        out = {"checkpoint": it, "estimate": None if est is None else round(est.total, 1),
+               "estimate_per_class": None if est is None else {
+                   str(c): round(v, 1) for c, v in est.per_class.items()},
+               "decisions": None if est is None else est.calibration.n_decisions,
+               "names": {str(c): n for c, n in r.categories.items()}}
+        if hidden is not None:
+            items = [x for its in review.all_items(r, it).values() for x in its
+                     if x.on_label is None and x.state == "pending"]
+            accepted = [{"image_id": d.image_id, "bbox": list(d.box)}
+                        for d in review.effective_decisions(r.conn) if d.decision == "accepted"]
+            truth = missing_left([{"image_id": x.image_id, "bbox": list(x.box)} for x in items],
+                                 accepted, hidden)
+            out["truth"] = sum(truth.values())
+            out["truth_per_class"] = {str(c): n for c, n in truth.items()}
+        return out
+    finally:
+        r.close()
+
+
+def print_remaining(rem: dict) -> None:
+    if rem["estimate"] is None:
+        print(f"missing objects left at checkpoint {rem['checkpoint']}: no estimate yet (it needs "
+              f"decisions on this checkpoint's objects, accepts and rejects)")
+        return
+    truth = f"; truth (HIDDEN): {rem['truth']}" if "truth" in rem else ""
+    print(f"missing objects left in the queue at checkpoint {rem['checkpoint']}: about "
+          f"{rem['estimate']:.0f} (estimated from {rem['decisions']} decisions){truth}")
+    for c, v in rem["estimate_per_class"].items():
+        t = f"  truth {rem['truth_per_class'].get(c, 0)}" if "truth" in rem else ""
+        print(f"  {rem['names'].get(c, c):>12}: about {v:.0f}{t}")
+
+
 def run(args) -> int:
     from comining.fileio import atomic_write_json
 
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise InputError(run_dir, "run folder not found")
-    if not args.ann and not args.hidden:
-        raise InputError(None, "nothing to evaluate: give --images and --ann (detection AP), "
-                               "--hidden (mining quality), or both")
     if bool(args.ann) != bool(args.images):
         raise InputError(None, "--ann and --images go together (the annotations and their images)")
     if args.anchors and not args.hidden:
@@ -274,6 +315,10 @@ def run(args) -> int:
             result["anchors"] = extra
         print_mining(quality, extra)
         print_queue(queue)
+    rem = remaining(run_dir, checkpoint, hidden if args.hidden else None)
+    if rem is not None:
+        result["remaining"] = rem
+        print_remaining(rem)
     if args.json:
         atomic_write_json(args.json, result, indent=1)
         print(f"wrote {args.json}")

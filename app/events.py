@@ -434,7 +434,9 @@ def _wire_run(ui, ctx: Ctx) -> None:
         # reads the page's state, never writes it: a tick racing a decision must not undo it
         line = ctx.retrainer.line()
         cks = run.checkpoints()
-        if cks and st.get("checkpoint") is not None and cks[-1] > st["checkpoint"]:
+        if cks and st.get("checkpoint") is None:
+            line += f"\n\n🆕 **checkpoint {cks[-1]} is mined**: press ↻ to review it"
+        elif cks and cks[-1] > st["checkpoint"]:
             line += (f"\n\n🆕 **checkpoint {cks[-1]} is mined**: choose it in the Checkpoint "
                      f"list (your decisions carry over to it)")
         if known is not None and cks == known:

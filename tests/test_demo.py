@@ -27,3 +27,50 @@ def test_demo_runs_every_step_reports_mining_and_reuses_what_is_done(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "dataset already in" in again.stdout and "run already trained" in again.stdout
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_demo_serves_the_app_while_it_trains_and_ctrl_c_stops_both(tmp_path):
+    """The URL comes at once, while training has only started; the page is served; the
+    run's status says it is training; Ctrl+C stops the app and the training process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from comining import status
+    from comining.engine import list_checkpoints
+    from conftest import REPO
+    from review_fixtures import free_port
+
+    out, port = tmp_path / "demo", free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2",
+               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comining", "demo", "--out", str(out), "--iters", "400",
+         "--device", "cpu", "--port", str(port)], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines = []
+        while not any("[4/4] review app:" in ln for ln in lines):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        assert f"http://127.0.0.1:{port}/" in lines[-1]
+        assert [i for i, _ in list_checkpoints(out / "run")][-1:] != [400]   # far from done
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/").status == 200
+        deadline = time.monotonic() + 120
+        while not (status.read(out / "run") or {}).get("alive"):
+            assert time.monotonic() < deadline, "the run never said it was training"
+            time.sleep(0.5)
+        trainer = status.read(out / "run")["pid"]
+        assert trainer != proc.pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while status.pid_alive(trainer) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not status.pid_alive(trainer)

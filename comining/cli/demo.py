@@ -110,20 +110,94 @@ def run(args) -> int:
                          device=args.device, seed=args.seed, hidden=str(hidden), num_workers=1,
                          log_every=10, **settings)
     done = list_checkpoints(run_dir)
-    if done and done[-1][0] >= config.iters:
+    trained = bool(done) and done[-1][0] >= config.iters
+    if trained:
         print(f"[3/4] run already trained in {run_dir}")
     else:
         print(f"[3/4] training co-mining ({settings['detector']} {settings['backbone']}, "
               f"{settings['iters']} iterations, "
-              f"{'GPU' if cuda else 'CPU'}) in {run_dir}")
-        train(config, resume=bool(done))
+              f"{'GPU' if cuda else 'CPU'}) in {run_dir}", flush=True)
+    if args.no_review:
+        if not trained:
+            train(config, resume=bool(done))
+        report(run_dir, sparse, hidden, out)
+        print(f"[4/4] done; review with: comining review --run {run_dir}")
+        return 0
+    if trained:
+        report(run_dir, sparse, hidden, out)
+        print("[4/4] opening the review app")
+        from comining.cli.review import serve
+        return serve(run_dir, host="127.0.0.1", port=args.port, auth=None)
+    return train_while_reviewing(config, bool(done), run_dir, sparse, hidden, out, args.port)
+
+
+def report(run_dir, sparse, hidden, out) -> None:
+    from comining.fileio import atomic_write_json, read_json
+
     rows = checkpoint_summary(run_dir, read_json(sparse), read_json(hidden))
     for r in rows:
         print("      " + summary_line(r))
     atomic_write_json(out / "summary.json", {"run": str(run_dir), "checkpoints": rows}, indent=2)
-    if args.no_review:
-        print(f"[4/4] done; review with: comining review --run {run_dir}")
-        return 0
-    print("[4/4] opening the review app")
-    from comining.cli.review import serve
-    return serve(run_dir, host="127.0.0.1", port=args.port, auth=None)
+
+
+def _train_child(config_dict: dict, resume: bool) -> None:
+    from comining.config import TrainConfig
+    from comining.engine import train
+
+    train(TrainConfig.from_dict(config_dict), resume=resume)
+
+
+def _store_ready(path) -> bool:
+    from comining import store
+    from comining.errors import InputError
+
+    if not path.exists():
+        return False
+    try:
+        conn = store.connect(path)
+    except InputError:        # being created
+        return False
+    try:
+        return conn.execute("SELECT COUNT(*) FROM images").fetchone()[0] > 0
+    finally:
+        conn.close()
+
+
+def train_while_reviewing(config, resume: bool, run_dir, sparse, hidden, out, port: int) -> int:
+    """Train in a child process and serve the review app at once: its page follows the
+    training and offers each checkpoint as soon as it is mined. Ctrl+C stops both (a
+    later `comining demo` resumes the training)."""
+    import multiprocessing as mp
+    import time
+
+    from comining import store
+    from comining.cli.review import block, open_app
+    from comining.errors import CominingError
+
+    child = mp.get_context("spawn").Process(target=_train_child, args=(config.as_dict(), resume),
+                                            name="comining-train")
+    child.start()
+    try:
+        while not _store_ready(run_dir / store.STORE_NAME):   # made before the first iteration
+            if not child.is_alive():
+                raise CominingError(f"training stopped before it started (exit code "
+                                    f"{child.exitcode}); see the lines above")
+            time.sleep(0.2)
+        demo, url = open_app(run_dir, host="127.0.0.1", port=port)
+        print(f"[4/4] review app: {url} (open it now: each checkpoint appears there as soon as "
+              f"it is mined, while training goes on; Ctrl+C stops both)", flush=True)
+
+        def until_trained():
+            child.join()
+            if child.exitcode == 0:
+                report(run_dir, sparse, hidden, out)
+                print(f"      training finished; still serving {url} (Ctrl+C to stop)", flush=True)
+            else:
+                print(f"      training stopped (exit code {child.exitcode}); still serving {url}; "
+                      f"`comining demo` again resumes it", flush=True)
+
+        return block(demo, while_serving=until_trained)
+    finally:
+        if child.is_alive():
+            child.terminate()
+            child.join(30)

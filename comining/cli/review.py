@@ -49,11 +49,11 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return (user, password)
 
 
-def serve(run_dir, *, host: str = "127.0.0.1", port: int = 7860, auth=None,
-          share: bool = False) -> int:
-    """Serve the review app for RUN_DIR until Ctrl+C (prints the URL); returns 0.
-    `auth`: (user, password), 'USER:PASS' or None. A missing store, a store of another
-    schema version or a busy port is an InputError (one line, exit code 2)."""
+def open_app(run_dir, *, host: str = "127.0.0.1", port: int = 7860, auth=None,
+             share: bool = False):
+    """Start serving the review app for RUN_DIR in the background; returns (demo, url).
+    A missing store, a store of another schema version or a busy port is an InputError
+    (one line, exit code 2)."""
     from comining.review import open_run
 
     if not 0 < int(port) < 65536:
@@ -63,9 +63,14 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 7860, auth=None,
     open_run(run_dir).close()   # a clear one-line error before gradio is even imported
 
     from app.ui import launch
-    demo, url = launch(run_dir, host=host, port=port, auth=auth, share=share, block=False)
-    print(f"comining review: serving {run_dir} at {url} (Ctrl+C to stop)", flush=True)
+    return launch(run_dir, host=host, port=port, auth=auth, share=share, block=False)
+
+
+def block(demo, *, while_serving=None) -> int:
+    """Serve until Ctrl+C (running `while_serving()` first, if given); then close."""
     try:
+        if while_serving is not None:
+            while_serving()
         demo.block_thread()
     finally:
         # Also when Ctrl+C lands before block_thread() took over: the server's threads
@@ -78,6 +83,14 @@ def serve(run_dir, *, host: str = "127.0.0.1", port: int = 7860, auth=None,
         if run_ is not None:
             run_.close()
     return 0
+
+
+def serve(run_dir, *, host: str = "127.0.0.1", port: int = 7860, auth=None,
+          share: bool = False) -> int:
+    """Serve the review app for RUN_DIR until Ctrl+C (prints the URL); returns 0."""
+    demo, url = open_app(run_dir, host=host, port=port, auth=auth, share=share)
+    print(f"comining review: serving {run_dir} at {url} (Ctrl+C to stop)", flush=True)
+    return block(demo)
 
 
 def run(args) -> int:

@@ -102,7 +102,7 @@ class Oracle:
         return (todo[j][0], todo[j][1]) if iou[j] >= MATCH_IOU else None
 
 
-def review_queue(run_dir: Path, checkpoint: int, oracle: Oracle, *, stop_rule: bool,
+def review_queue(run_dir: Path, checkpoint: int, oracle: Oracle, *, stop_below: float | None,
                  client: str = "oracle") -> list[bool]:
     """The oracle decides the checkpoint's queue in order; returns its decisions
     (True: accepted). Items a decision of this pass covers (IoU >= 0.5 on their image,
@@ -126,7 +126,7 @@ def review_queue(run_dir: Path, checkpoint: int, oracle: Oracle, *, stop_rule: b
                 review.decide(r, it.id, "rejected", client=client)
             decided[it.image_id].append(it.box)
             out.append(bool(hit))
-            if stop_rule and len(out) >= WINDOW and np.mean(out[-WINDOW:]) < STOP_BELOW:
+            if stop_below is not None and len(out) >= WINDOW and np.mean(out[-WINDOW:]) < stop_below:
                 break
     finally:
         r.close()
@@ -200,13 +200,14 @@ def val_ap(run_dir: Path, data: Path, checkpoint: int) -> float:
 # ----------------------------------------------------------------------------- arms
 
 
-def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, iters: int) -> dict:
+def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, iters: int,
+             stop_below: float, tag: str = "") -> dict:
     from comining import store
     from comining.fileio import read_json
     from comining.rounds import refine
 
     hidden = read_json(data / "annotations" / "train_hard_hidden.json")
-    run = work / f"loop_{method}" / "run"
+    run = work / f"loop_{method}{tag}" / "run"
     shutil.rmtree(run.parent, ignore_errors=True)
     shutil.copytree(run0, run)
     oracle = Oracle(hidden)
@@ -218,7 +219,7 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
         conn.close()
         t0 = time.perf_counter()
         before = len(oracle.found)
-        decisions = review_queue(run, checkpoint, oracle, stop_rule=True)
+        decisions = review_queue(run, checkpoint, oracle, stop_below=stop_below)
         for d in decisions:
             before += d
             curve.append(before)
@@ -242,7 +243,7 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
         t0 = time.perf_counter()
         refine(run, iters=iters, checkpoint_every=iters, progress=False)
         row["refine_s"] = round(time.perf_counter() - t0, 1)
-    return {"method": method, "rounds": rows, "curve": curve}
+    return {"method": method, "stop_below": stop_below, "rounds": rows, "curve": curve}
 
 
 def one_shot(data: Path, run0: Path, work: Path) -> dict:
@@ -258,7 +259,7 @@ def one_shot(data: Path, run0: Path, work: Path) -> dict:
     checkpoint = store.checkpoints(conn)[-1]["iteration"]
     conn.close()
     oracle = Oracle(hidden)
-    decisions = review_queue(run, checkpoint, oracle, stop_rule=False)
+    decisions = review_queue(run, checkpoint, oracle, stop_below=None)
     return {"checkpoint": checkpoint, "curve": np.cumsum(decisions).astype(int).tolist(),
             "n_erased": oracle.n, "recovered_export": recovered_in_export(run, hidden, run.parent)}
 
@@ -285,7 +286,7 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
     goal = int(np.ceil(TARGET * n))
     lines = [f"# The annotator in the loop (simulated)", "",
              f"{meta['when']}, commit {meta['commit']}, {meta['hardware']}; {meta['setting']}.",
-             f"Oracle annotator; a round stops when fewer than {STOP_BELOW:.0%} of its last "
+             f"Oracle annotator; a round stops when fewer than {meta['stop_below']:.0%} of its last "
              f"{WINDOW} decisions were accepts; refine rounds of {meta['iters']} iterations "
              f"(round 0: {meta['round0_iters']}). {n} erased labels; the target is {goal} "
              f"({TARGET:.0%}).", ""]
@@ -327,6 +328,10 @@ def main(argv=None) -> int:
                    help="iterations of each refine round (default 600: refine's default, half "
                         "of round 0's; mined once, at its end)")
     p.add_argument("--methods", nargs="+", default=["comining", "original"])
+    p.add_argument("--stop-below", type=float, default=STOP_BELOW,
+                   help=f"the oracle's stop rule: the yield of its last {WINDOW} decisions "
+                        f"(default {STOP_BELOW})")
+    p.add_argument("--name", default="loop", help="results file name (default loop)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args(argv)
     from comining.cli.demo import CPU_SETTINGS
@@ -338,7 +343,9 @@ def main(argv=None) -> int:
         data, run0 = round0_run(method, args.work)
         if shot is None:
             shot = one_shot(data, run0, args.work) if method == "comining" else None
-        loops[method] = run_loop(method, data, run0, args.work, rounds=args.rounds, iters=args.iters)
+        loops[method] = run_loop(method, data, run0, args.work, rounds=args.rounds, iters=args.iters,
+                                 stop_below=args.stop_below,
+                                 tag="" if args.name == "loop" else f"_{args.name}")
     if shot is None:
         data, run0 = round0_run("comining", args.work)
         shot = one_shot(data, run0, args.work)
@@ -347,12 +354,12 @@ def main(argv=None) -> int:
             "setting": "comining demo's data (300 images 256 px, 4 classes), hard split, "
                        "FCOS MobileNetV3 at 160 px (the demo's CPU recipe)",
             "iters": args.iters, "round0_iters": CPU_SETTINGS["iters"],
-            "window": WINDOW, "stop_below": STOP_BELOW, "wall_s": round(time.perf_counter() - t0)}
+            "window": WINDOW, "stop_below": args.stop_below, "wall_s": round(time.perf_counter() - t0)}
     lines = report(loops, shot, meta)
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "loop.md").write_text("\n".join(lines) + "\n")
-    (args.out / "loop.json").write_text(json.dumps({"meta": meta, "loops": loops, "one_shot": shot},
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "loops": loops, "one_shot": shot},
                                                    indent=1) + "\n")
     return 0
 

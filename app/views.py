@@ -297,5 +297,9 @@ def plots_for(ctx):
 
 
 def checkpoint_choices(ctx):
-    return [(f"iteration {it}", it) for it in ctx.run.checkpoints()]
+    from comining import store
+
+    rounds = store.checkpoint_rounds(ctx.run.conn)
+    return [(f"iteration {it}" + (f" · round {rounds[it]}" if rounds.get(it) else ""), it)
+            for it in ctx.run.checkpoints()]
 

@@ -147,6 +147,24 @@ def test_rejected_once_is_not_proposed_again(run):
     assert fp_late.id in {it.id for it in review.queue_items(run, 200, review.Filters(include_rejected=True))}
 
 
+def test_showing_rejected_ones_again_keeps_the_very_object_rejected(run):
+    """include_rejected proposes again the objects a rejection covers by overlap only (at
+    other checkpoints); the object the annotator rejected stays rejected (the decision's
+    link to its object), in the image's items, the queue and its counts."""
+    early = review.image_items(run, 100, 2)
+    fp = next(it for it in early if it.view == "original" and it.score < 0.53)
+    f = review.Filters(include_rejected=True)
+    before = {e.image_id: e.n_match for e in review.queue(run, 100, f)}
+    review.decide(run, fp.id, "rejected", client="t")
+    again = {it.id: it for it in review.image_items(run, 100, 2, include_rejected=True)}
+    assert again[fp.id].state == "rejected"
+    assert all(it.state == "pending" for i, it in again.items() if i != fp.id)
+    assert fp.id not in {it.id for it in review.queue_items(run, 100, f)}
+    after = {e.image_id: e.n_match for e in review.queue(run, 100, f)}
+    assert after == {**before, 2: before[2] - 1}
+    assert review.count_items(run, 100, f) == sum(before.values()) - 1
+
+
 def test_latest_decision_about_an_object_wins(run):
     it = review.image_items(run, 200, 3)[0]
     review.decide(run, it.id, "accepted", client="x")

@@ -24,11 +24,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from comining.rounds import refine
 
     def announce(config):
+        from comining import store
+
+        conn = store.connect(Path(args.run) / store.STORE_NAME)
+        try:
+            row = store.rounds(conn)[-1]
+        finally:
+            conn.close()
         print(f"round {config.round}: training from checkpoint {config.round_start} to "
-              f"{config.iters} on {config.ann}", flush=True)
+              f"{config.iters} on the inputs + {row['n_accepted']} accepted boxes, "
+              f"{row['n_rejected']} rejected ones as background ({config.ann})", flush=True)
 
     config = refine(args.run, iters=args.iters, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, progress=not args.no_progress, before_training=announce)

@@ -136,3 +136,22 @@ def test_mine_dataset_passes_its_settings_on(monkeypatch):
     assert len(out) == 1
     assert (seen["score_thresh"], seen["nms_iou"], seen["max_per_image"], seen["class_score"],
             seen["rank"], seen["world_size"]) == (0.05, 0.4, 100, False, 0, 1)
+
+
+def test_the_review_settings_reach_the_objects():
+    """Original view only: A [0,0,40,40] 0.9 and C [16,0,56,40] 0.8 overlap at IoU
+    960 / 2240 = 0.4286 (two objects). Their scores are the mean of the views' best
+    (0.45, 0.4); Soft-NMS (sigma 0.5) decays C by exp(-0.4286^2 / 0.5) = 0.6927 to 0.2771,
+    and sigma None leaves it; max_objects 1 keeps A's member only."""
+    rec = SimpleNamespace(id=1, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                          crowd_boxes=np.zeros((0, 4), np.float32))
+    d = {"original": dets([[0, 0, 40, 40], [16, 0, 56, 40]], [0, 0], [0.9, 0.8]),
+         "augmented": dets([], [], [])}
+
+    def object_scores(**settings):
+        out = image_candidates(rec, d, CATEGORIES, ReviewMining(**settings))
+        return [c["object"]["score"] for c in out]
+
+    assert object_scores() == pytest.approx([0.45, 0.4 * np.exp(-(960 / 2240) ** 2 / 0.5)], abs=1e-6)
+    assert object_scores(soft_sigma=None) == pytest.approx([0.45, 0.4])
+    assert object_scores(max_objects=1) == pytest.approx([0.45])

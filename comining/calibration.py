@@ -47,7 +47,9 @@ class Calibration:
 
 def fit(scores, accepted) -> Calibration | None:
     """Calibrate from decided objects: their scores (N,) and whether each was accepted
-    (N,) bool. None when there are too few decisions, or only one outcome, to fit."""
+    (N,) bool. None when there are too few decisions, or only one outcome, to fit, or
+    when the decisions show no fall of acceptance with the score (a flat or rising
+    curve would extrapolate the reviewed rate over the whole unreviewed tail)."""
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(accepted, bool).reshape(-1)
@@ -56,6 +58,8 @@ def fit(scores, accepted) -> Calibration | None:
         return None
     # C large: the plain maximum-likelihood Platt fit (scikit-learn regularises by default)
     model = LogisticRegression(C=1e4).fit(_logit(scores), y)
+    if model.coef_[0, 0] <= 0:
+        return None
     return Calibration(float(model.coef_[0, 0]), float(model.intercept_[0]), n, k)
 
 

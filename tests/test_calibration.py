@@ -20,6 +20,8 @@ def test_no_estimate_before_enough_decisions_of_both_kinds():
     assert calibration.fit(np.linspace(0.1, 0.9, 40), [True] * 40) is None
     assert calibration.fit(np.linspace(0.1, 0.9, 40), [False] * 40) is None
     assert calibration.fit([0.9] * 6 + [0.1] * 4, [True] * 6 + [False] * 4) is not None
+    # acceptance that does not fall with the score: nothing to extrapolate from
+    assert calibration.fit([0.9] * 6 + [0.1] * 4, [False] * 6 + [True] * 4) is None
 
 
 def test_identity_calibration_by_hand():

@@ -21,6 +21,20 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+def seconds_run_config(data: Path, run: Path, **overrides):
+    """A TrainConfig that trains and mines in seconds on CPU: 4 iterations of 2 images at
+    96 px, checkpoints 2 and 4, every box mined (tau 0.001, review floor 0.001)."""
+    from comining.config import MiningThresholds, ReviewMining, TrainConfig
+
+    settings = dict(images=str(data / "images"), ann=str(data / "annotations" / "train.json"),
+                    run=str(run), backbone="mobilenet_v3", fpn_channels=32, image_size=96,
+                    batch_size=2, iters=4, checkpoint_every=2, weights_backbone="none",
+                    device="cpu", num_workers=0, log_every=1,
+                    thresholds=MiningThresholds.for_detector("retinanet", score_thresh=0.001),
+                    review=ReviewMining(score_floor=0.001))
+    return TrainConfig(**{**settings, **overrides})
+
+
 def run_cli(*args, cwd=None, timeout=600, env=None):
     """Run `python -m comining ARGS` in a subprocess; returns CompletedProcess (text)."""
     full_env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -25,9 +25,8 @@ import torch
 
 from comining import export, review, store
 from comining.cli import main
-from comining.config import MiningThresholds, ReviewMining, TrainConfig
 from comining.engine import list_checkpoints, load_checkpoint, train
-from conftest import REPO, assert_clean_error, run_cli
+from conftest import REPO, assert_clean_error, run_cli, seconds_run_config
 from review_fixtures import make_run
 from test_hardening_server import RawClient, decide_loop, start_app, stop_app
 
@@ -183,13 +182,7 @@ def small_dataset(tmp_path_factory) -> Path:
 def reference(small_dataset, tmp_path_factory) -> Path:
     """The uninterrupted run (in this process; the same settings as TRAIN)."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    cfg = TrainConfig(images=str(small_dataset / "images"),
-                      ann=str(small_dataset / "annotations" / "train.json"), run=str(run),
-                      backbone="mobilenet_v3", fpn_channels=32, image_size=96, batch_size=2,
-                      iters=4, checkpoint_every=2, weights_backbone="none", device="cpu",
-                      num_workers=0, log_every=1,
-                      thresholds=MiningThresholds.for_detector("retinanet", score_thresh=0.001),
-                      review=ReviewMining(score_floor=0.001))
+    cfg = seconds_run_config(small_dataset, run)
     return train(cfg, progress=False)
 
 

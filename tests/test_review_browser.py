@@ -469,18 +469,12 @@ def test_retrain_from_the_app_and_see_its_checkpoint_without_a_restart_in_chromi
     from playwright.sync_api import expect
 
     from comining import store
-    from comining.config import MiningThresholds, ReviewMining, TrainConfig
     from comining.engine import train
     from comining.synth import generate
+    from conftest import seconds_run_config
 
     generate(tmp_path / "data", train=8, val=1, size=96, classes=3, seed=1)
-    run_dir = train(TrainConfig(
-        images=str(tmp_path / "data" / "images"),
-        ann=str(tmp_path / "data" / "annotations" / "train.json"), run=str(tmp_path / "run"),
-        backbone="mobilenet_v3", fpn_channels=32, image_size=96, batch_size=2, iters=4,
-        checkpoint_every=2, weights_backbone="none", device="cpu", num_workers=0, log_every=1,
-        thresholds=MiningThresholds.for_detector("retinanet", score_thresh=0.001),
-        review=ReviewMining(score_floor=0.001)), progress=False)
+    run_dir = train(seconds_run_config(tmp_path / "data", tmp_path / "run"), progress=False)
     with serve(run_dir) as (_, url):
         page = open_page(browser, url)
         status = page.locator("#run-status")

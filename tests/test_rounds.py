@@ -16,24 +16,15 @@ from comining import review, rounds, store
 from comining.boxes import iou_matrix
 from comining.cli import main
 from comining.coco import attach_rejected, load_coco
-from comining.config import MiningThresholds, ReviewMining, TrainConfig
-from comining.data import DetectionDataset, collate
+from comining.config import TrainConfig
+from comining.data import collate
 from comining.engine import RunContext, list_checkpoints, train
 from comining.siamese import training_step
 from comining.augment import make_view_augmenter
-from conftest import REPO, assert_clean_error, run_cli, sha256
+from conftest import assert_clean_error, run_cli, seconds_run_config, sha256
 
 torch.set_num_threads(2)
 ROUND = ["--iters", "4", "--checkpoint-every", "2", "--no-progress"]
-
-
-def base_config(data: Path, run: Path) -> TrainConfig:
-    return TrainConfig(images=str(data / "images"), ann=str(data / "annotations" / "train.json"),
-                       run=str(run), backbone="mobilenet_v3", fpn_channels=32, image_size=96,
-                       batch_size=2, iters=4, checkpoint_every=2, weights_backbone="none",
-                       device="cpu", num_workers=0, log_every=1,
-                       thresholds=MiningThresholds.for_detector("retinanet", score_thresh=0.001),
-                       review=ReviewMining(score_floor=0.001))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +39,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory) -> Path:
     """Round 0: 4 iterations, checkpoints 2 and 4 mined."""
-    return train(base_config(data, tmp_path_factory.mktemp("round0") / "run"), progress=False)
+    return train(seconds_run_config(data, tmp_path_factory.mktemp("round0") / "run"), progress=False)
 
 
 def decide(run_dir: Path, tmp_path: Path):
@@ -200,7 +191,7 @@ def test_refine_refuses_what_it_cannot_do_in_one_line(data, trained, tmp_path):
     assert_clean_error(proc, "round 1 was stopped before its end", "add --resume")
     # round 0 itself unfinished
     half = tmp_path / "half"
-    short = base_config(data, half)
+    short = seconds_run_config(data, half)
     short.iters = 2
     train(short, progress=False)
     config = json.loads((half / "config.json").read_text())

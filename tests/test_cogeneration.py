@@ -87,6 +87,25 @@ def test_boxes_inside_crowd_regions_are_dropped():
     assert kept(b, [0.9, 0.9], [0, 0], crowd=boxes([0, 0, 50, 50])) == [1]
 
 
+def test_a_rejected_box_is_never_a_pseudo_box_whatever_its_class():
+    """Refine rounds: a detection at IoU >= 0.5 with a box the annotator rejected is
+    dropped, whatever the classes (a rejection has none); 0.5 itself is in, 0.49 out.
+    A [0,0,10,10] class 0 and B [20,0,30,10] class 1; R [0,0,10,5]: IoU(A, R) = 50 / 100."""
+    b = boxes([0, 0, 10, 10], [20, 0, 30, 10])
+
+    def with_rejected(*rows):
+        return co_generate(b, torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), NONE, NO_LABELS,
+                           None, T, boxes(*rows) if rows else None).tolist()
+
+    assert with_rejected() == [0, 1]
+    assert with_rejected([0, 0, 10, 5]) == [1]
+    assert with_rejected([0, 0, 10, 4.9]) == [0, 1]                     # IoU 0.49
+    assert with_rejected([20, 0, 30, 10], [0, 0, 10, 10]) == []        # both, any class
+    loose = MiningThresholds(score_thresh=0.6, nms_iou=0.5, gt_iou=0.4, rejected_iou=0.6)
+    assert co_generate(b, torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), NONE, NO_LABELS, None,
+                       loose, boxes([0, 0, 10, 5])).tolist() == [0, 1]
+
+
 def test_at_most_max_per_image_boxes():
     n = 300
     b = torch.stack([torch.tensor([i * 20.0, 0, i * 20.0 + 10, 10]) for i in range(n)])

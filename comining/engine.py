@@ -24,7 +24,7 @@ import torch.distributed as dist
 from comining import status, store
 from comining.augment import make_view_augmenter
 from comining.coco import CocoDataset, attach_rejected, load_coco
-from comining.config import TrainConfig
+from comining.config import MiningThresholds, ReviewMining, TrainConfig
 from comining.data import DetectionDataset, TrainingSampler, make_loader
 from comining.errors import CominingError, InputError
 from comining.fileio import atomic_write_bytes
@@ -487,3 +487,22 @@ def _mine(ctx: RunContext, iteration: int, path: Path, bar) -> None:
                thresholds=ctx.config.thresholds, candidates=cands, review=ctx.config.review)
     if bar:
         bar.set_description(_bar_label(ctx.config))
+
+
+def mine_checkpoint(run_dir, checkpoint: str | int = "last", *, thresholds: MiningThresholds | None = None,
+                    review: ReviewMining | None = None, device: str = "auto",
+                    batch_size: int | None = None, num_workers: int | None = None) -> dict:
+    """Re-mine one saved checkpoint of a run (other settings allowed) into its store."""
+    store.connect(Path(run_dir) / store.STORE_NAME).close()  # a bad store fails before the work
+    ctx = RunContext.open(Path(run_dir), device=device)
+    it, path = ctx.checkpoint_path(checkpoint)
+    ctx.load_weights(path)
+    thresholds = thresholds or ctx.config.thresholds
+    review = review or ctx.config.review
+    cands = mine_dataset(ctx.dense, ctx.mining_dataset, thresholds, augment=ctx.config.augment,
+                         device=ctx.device, batch_size=batch_size or ctx.config.batch_size,
+                         num_workers=ctx.config.num_workers if num_workers is None else num_workers,
+                         seed=ctx.config.seed + it, review=review)
+    counts = record(Path(run_dir), iteration=it, checkpoint_path=path, thresholds=thresholds,
+                    candidates=cands, review=review)
+    return {"iteration": it, **counts}

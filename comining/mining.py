@@ -195,24 +195,3 @@ def record(run_dir: Path, *, iteration: int, checkpoint_path: Path, thresholds: 
         "agreed": sum(1 for c in candidates if c["agreed"] and c["view"] == "original"),
         "objects": sum(1 for o in objs.values() if o["on_label"] is None),
         "on_label": sum(1 for o in objs.values() if o["on_label"] is not None)}
-
-
-def mine_checkpoint(run_dir, checkpoint: str | int = "last", *, thresholds: MiningThresholds | None = None,
-                    review: ReviewMining | None = None, device: str = "auto",
-                    batch_size: int | None = None, num_workers: int | None = None) -> dict:
-    """Re-mine one saved checkpoint of a run (other settings allowed) into its store."""
-    from comining.engine import RunContext  # the engine owns run loading
-
-    store.connect(Path(run_dir) / store.STORE_NAME).close()  # a bad store fails before the work
-    ctx = RunContext.open(Path(run_dir), device=device)
-    it, path = ctx.checkpoint_path(checkpoint)
-    ctx.load_weights(path)
-    thresholds = thresholds or ctx.config.thresholds
-    review = review or ctx.config.review
-    cands = mine_dataset(ctx.dense, ctx.mining_dataset, thresholds, augment=ctx.config.augment,
-                         device=ctx.device, batch_size=batch_size or ctx.config.batch_size,
-                         num_workers=ctx.config.num_workers if num_workers is None else num_workers,
-                         seed=ctx.config.seed + it, review=review)
-    counts = record(Path(run_dir), iteration=it, checkpoint_path=path, thresholds=thresholds,
-                    candidates=cands, review=review)
-    return {"iteration": it, **counts}

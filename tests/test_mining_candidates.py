@@ -155,3 +155,49 @@ def test_the_review_settings_reach_the_objects():
     assert object_scores() == pytest.approx([0.45, 0.4 * np.exp(-(960 / 2240) ** 2 / 0.5)], abs=1e-6)
     assert object_scores(soft_sigma=None) == pytest.approx([0.45, 0.4])
     assert object_scores(max_objects=1) == pytest.approx([0.45])
+
+
+def test_record_stores_a_checkpoint_and_counts_what_it_stored(tmp_path):
+    """The by-hand image of test_one_image_by_hand, plus an object on a label of another
+    class (C [300,300,340,340] class 20 on a class-10 label), recorded as checkpoint 5:
+    the store holds its candidates in original pixels, their objects, the settings; the
+    counts are boxes per view, agreed boxes, objects and objects on a label."""
+    import json as _json
+
+    from comining import store
+    from comining.config import MiningThresholds
+    from comining.mining import record
+
+    rec = SimpleNamespace(id=7, boxes=np.array([[200, 200, 240, 240], [300, 300, 340, 340]],
+                                               np.float32),
+                          labels=np.array([0, 0]), crowd_boxes=np.zeros((0, 4), np.float32))
+    d = {"original": dets([[10, 10, 50, 50], [100, 100, 120, 130], [300, 300, 340, 340]],
+                          [0, 1, 1], [0.9, 0.6, 0.7]),
+         "augmented": dets([[12, 10, 52, 50]], [0], [0.8])}
+    review = ReviewMining(max_objects=5)
+    cands = image_candidates(rec, d, CATEGORIES, review)
+    conn = store.connect(tmp_path / store.STORE_NAME, create=True)
+    store.write_dataset(conn, [{"id": 7, "file_name": "a.png", "width": 400, "height": 400}],
+                        [{"id": 10, "name": "ten"}, {"id": 20, "name": "twenty"}])
+    conn.close()
+    t = MiningThresholds.for_detector("fcos")
+    counts = record(tmp_path, iteration=5, checkpoint_path=tmp_path / "iter_5.pt", thresholds=t,
+                    candidates=cands, review=review)
+    assert counts == {"original": 3, "augmented": 1, "agreed": 1, "objects": 2, "on_label": 1}
+    conn = store.connect(tmp_path / store.STORE_NAME)
+    try:
+        [row] = store.checkpoints(conn)
+        assert (row["iteration"], row["path"], row["n_original"], row["n_augmented"],
+                row["n_agreed"]) == (5, str(tmp_path / "iter_5.pt"), 3, 1, 1)
+        assert (row["score_thresh"], row["nms_iou"]) == (0.5, 0.6)
+        assert _json.loads(row["settings"])["max_objects"] == 5
+        got = sorted((r["view"], r["category_id"], r["x"], r["y"], r["w"], r["h"])
+                     for r in store.candidates(conn, 5))
+        assert got == [("augmented", 10, 12.0, 10.0, 40.0, 40.0),
+                       ("original", 10, 10.0, 10.0, 40.0, 40.0),
+                       ("original", 20, 100.0, 100.0, 20.0, 30.0),
+                       ("original", 20, 300.0, 300.0, 40.0, 40.0)]
+        objs = {(r["category_id"], r["view"], r["on_label"]) for r in store.objects(conn, 5)}
+        assert objs == {(10, "both", None), (20, "original", None), (20, "original", 10)}
+    finally:
+        conn.close()

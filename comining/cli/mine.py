@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from comining.config import MiningThresholds
     from comining.engine import load_run_config
-    from comining.mining import mine_checkpoint
+    from comining.engine import mine_checkpoint
 
     config = load_run_config(args.run)
     review = review_mining_from_args(args, config.review)

@@ -339,17 +339,24 @@ def test_the_sql_queue_and_counts_agree_with_the_items(tmp_path):
         first = sorted(items)[0]
         review.decide(run, items[first][0].id, "rejected", client="t")
         review.decide(run, items[first + 1][0].id, "accepted", client="t", category_id=2)
+        scores = sorted({it.score for its in items.values() for it in its})
         filters = [review.Filters(), review.Filters(classes=(1, 3)), review.Filters(views=("both",)),
                    review.Filters(score_min=0.5, score_max=0.9),
+                   review.Filters(score_min=scores[3], score_max=scores[-4]),   # bounds inclusive
                    review.Filters(states=("pending", "accepted")), review.Filters(states=("rejected",)),
-                   review.Filters(labelled="all"), review.Filters(include_rejected=True)]
-        for f in filters:
-            slow = _queue_of(review.all_items(run, 200, include_rejected=f.include_rejected), f)
-            assert review.queue(run, 200, f) == slow, f
-            assert review.count_items(run, 200, f) == len(review.queue_items(run, 200, f)), f
-            pending = dataclasses.replace(f, states=("pending",))
-            assert [t[0] for t in review.pending_objects(run, 200, f)] == \
-                [it.id for it in review.queue_items(run, 200, pending)], f
+                   review.Filters(labelled="all"), review.Filters(labelled="on_label"),
+                   review.Filters(include_rejected=True), review.Filters(sort="agreement")]
+        for ck in (200, 100):      # at 100, the decisions made at 200 cover objects by overlap
+            for f in filters:
+                slow = _queue_of(review.all_items(run, ck, include_rejected=f.include_rejected), f)
+                assert review.queue(run, ck, f) == slow, (ck, f)
+                assert review.count_items(run, ck, f) == len(review.queue_items(run, ck, f)), (ck, f)
+                pending = dataclasses.replace(f, states=("pending",))
+                assert review.pending_objects(run, ck, f) == [
+                    (it.id, it.image_id, it.category_id, it.box, it.score, it.view)
+                    for it in review.queue_items(run, ck, pending)], (ck, f)
+        assert review.count_items(run, 100, review.Filters(include_rejected=True)) == \
+            review.count_items(run, 100, review.Filters()) + 1
         assert review.batch_count(run, 200, 0.6) == len(review.batch_candidates(run, 200, 0.6)) > 0
         # the decided images count their pending items only: 4 items an image, 1 decided
         entries = {e.image_id: e for e in review.queue(run, 200)}

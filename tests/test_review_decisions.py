@@ -209,3 +209,14 @@ def test_checkpoints_mined_in_the_same_millisecond_keep_their_own_items(run):
     (only,) = review.all_items(run, 20)[1]
     assert only.checkpoint == 20 and only.box == (300.0, 20.0, 40.0, 40.0)
     assert review.all_items(run, 999) == {}
+
+
+def test_the_agreement_sort_ranks_images_by_their_agreed_objects(run):
+    """Undecided images: image 1's object is found by one view at 0.9 (score: the mean of
+    the views' best, 0.45), image 2's by both at 0.5 and 0.3 (0.4); by score image 1
+    comes first, by agreement image 2."""
+    mine(run, 30, [(1, 1, [10, 10, 40, 40], 0.9, O, None),
+                   (2, 1, [10, 10, 40, 40], 0.5, O, None), (2, 1, [11, 10, 40, 40], 0.3, A, None)])
+    order = {s: [e.image_id for e in review.queue(run, 30, review.Filters(sort=s))]
+             for s in ("score", "agreement")}
+    assert order == {"score": [1, 2], "agreement": [2, 1]}

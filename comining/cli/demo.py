@@ -185,7 +185,9 @@ def train_while_reviewing(config, resume: bool, run_dir, sparse, hidden, out, po
             time.sleep(0.2)
         demo, url = open_app(run_dir, host="127.0.0.1", port=port)
         print(f"[4/4] review app: {url} (open it now: each checkpoint appears there as soon as "
-              f"it is mined, while training goes on; Ctrl+C stops both)", flush=True)
+              f"it is mined, while training goes on; when you have decided the head of the "
+              f"queue, 'Retrain with my decisions' starts the next round; Ctrl+C stops both)",
+              flush=True)
 
         def until_trained():
             child.join()

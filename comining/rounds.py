@@ -147,8 +147,9 @@ def _new_round(run_dir: Path, base: TrainConfig, state: RoundState, iters, check
         raise InputError(run_dir, "this run has no checkpoint yet: train it first")
     start = checkpoints[-1][0]
     if state.last_checkpoint != start:
-        raise InputError(run_dir, f"checkpoint {start} is not mined yet: finish training "
-                                  f"first (comining train --resume)")
+        how = ("comining mine --run RUN" if not base.mine else "comining train --resume")
+        raise InputError(run_dir, f"checkpoint {start} is not mined yet, so there is no review "
+                                  f"to learn from: mine it first ({how})")
     if state.last_round == 0 and start < base.iters:
         raise InputError(run_dir, f"training stopped at iteration {start} of {base.iters}: "
                                   f"finish it first (comining train --resume)")

@@ -281,6 +281,12 @@ def decisions_to(curve: list[int], target: int) -> int | None:
     return None
 
 
+def _error(estimate, truth) -> str:
+    if estimate is None or not truth:
+        return "-"
+    return f"{(estimate - truth) / truth:+.0%}"
+
+
 def report(loops: dict, shot: dict, meta: dict) -> list[str]:
     n = shot["n_erased"]
     goal = int(np.ceil(TARGET * n))
@@ -294,7 +300,7 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
         lines += [f"## Loop, method `{method}`", "",
                   "| round | checkpoint | decisions | accepted | total decisions | recovered (export) "
                   "| decisions / recovered | val AP | remaining: estimate | remaining: truth "
-                  "| refine s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| estimate error | refine s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["rounds"]:
             rec = r["recovered_export"]
             lines.append(
@@ -302,7 +308,8 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
                 f"{r['decisions_total']} | {rec} ({rec / n:.1%}) | "
                 f"{r['decisions_total'] / max(rec, 1):.2f} | {r['val_ap']:.3f} | "
                 f"{'-' if r['estimate_remaining'] is None else r['estimate_remaining']} | "
-                f"{r['truth_remaining']} | {r.get('refine_s', '-')} |")
+                f"{r['truth_remaining']} | {_error(r['estimate_remaining'], r['truth_remaining'])} | "
+                f"{r.get('refine_s', '-')} |")
         reach = decisions_to(res["curve"], goal)
         lines += ["", f"{TARGET:.0%} reached after {reach or 'never (best: ' + str(res['curve'][-1] if res['curve'] else 0) + ')'}"
                   f"{' decisions' if reach else ''}.", ""]

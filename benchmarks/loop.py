@@ -27,7 +27,6 @@ Writes benchmarks/results/loop.md and loop.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -290,7 +289,7 @@ def _error(estimate, truth) -> str:
 def report(loops: dict, shot: dict, meta: dict) -> list[str]:
     n = shot["n_erased"]
     goal = int(np.ceil(TARGET * n))
-    lines = [f"# The annotator in the loop (simulated)", "",
+    lines = ["# The annotator in the loop (simulated)", "",
              f"{meta['when']}, commit {meta['commit']}, {meta['hardware']}; {meta['setting']}.",
              f"Oracle annotator; a round stops when fewer than {meta['stop_below']:.0%} of its last "
              f"{WINDOW} decisions were accepts; refine rounds of {meta['iters']} iterations "

@@ -245,6 +245,21 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
     return {"method": method, "stop_below": stop_below, "rounds": rows, "curve": curve}
 
 
+def reestimate(run: Path, rows: list[dict]) -> None:
+    """The remaining-objects estimate of each round again, with this code, from the store
+    as that round left it (RUN/../round<N>.sqlite)."""
+    import tempfile
+
+    for row in rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copy2(run.parent / f"round{row['round']}.sqlite", Path(tmp) / "comining.sqlite")
+            shutil.copy2(run / "config.json", Path(tmp) / "config.json")
+            est = estimate(Path(tmp), row["checkpoint"])
+        row["estimate_remaining"] = None if est is None else round(est.total, 1)
+        row["estimate_per_class"] = None if est is None else {
+            str(k): round(v, 1) for k, v in est.per_class.items()}
+
+
 def finish_last_queue(run: Path, hidden: dict) -> dict:
     """After the last round: the oracle reviews the rest of the last checkpoint's queue
     (no stop rule), as an annotator who wants every object would. Its knowledge of what
@@ -314,7 +329,8 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
     n = shot["n_erased"]
     goal = int(np.ceil(TARGET * n))
     lines = ["# The annotator in the loop (simulated)", "",
-             f"{meta['when']}, commit {meta['commit']}, {meta['hardware']}; {meta['setting']}.",
+             f"{meta['when']}, commit {meta['commit']}, {meta['hardware']}; {meta['setting']}."
+             + (f" Estimates {meta['estimates']}." if meta.get("estimates") else ""),
              f"Oracle annotator; a round stops when fewer than {meta['stop_below']:.0%} of its last "
              f"{WINDOW} decisions were accepts; refine rounds of {meta['iters']} iterations "
              f"(round 0: {meta['round0_iters']}). {n} erased labels; the target is {goal} "
@@ -380,6 +396,9 @@ def main(argv=None) -> int:
     p.add_argument("--finish", action="store_true",
                    help="after the loop: review the rest of the last queue (finish_last_queue); "
                         "with --report-only, on the loops NAME.json describes")
+    p.add_argument("--reestimate", action="store_true",
+                   help="with --report-only: recompute each round's estimate with this code "
+                        "from the store as the round left it")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing (but --finish): rewrite NAME.md from NAME.json")
     args = p.parse_args(argv)
@@ -392,6 +411,12 @@ def main(argv=None) -> int:
             for method, res in saved["loops"].items():
                 if not res.get("finish"):
                     res["finish"] = finish_last_queue(args.work / f"loop_{method}{tag}" / "run", hidden)
+        if args.reestimate:
+            tag = "" if args.name == "loop" else f"_{args.name}"
+            for method, res in saved["loops"].items():
+                reestimate(args.work / f"loop_{method}{tag}" / "run", res["rounds"])
+            saved["meta"]["estimates"] = f"recomputed at commit {git_commit()}"
+        if args.finish or args.reestimate:
             (args.out / f"{args.name}.json").write_text(json.dumps(saved, indent=1) + "\n")
         lines = report(saved["loops"], saved["one_shot"], saved["meta"])
         (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")

@@ -345,7 +345,10 @@ def test_the_sql_queue_and_counts_agree_with_the_items(tmp_path):
                    review.Filters(score_min=scores[3], score_max=scores[-4]),   # bounds inclusive
                    review.Filters(states=("pending", "accepted")), review.Filters(states=("rejected",)),
                    review.Filters(labelled="all"), review.Filters(labelled="on_label"),
-                   review.Filters(include_rejected=True), review.Filters(sort="agreement")]
+                   review.Filters(include_rejected=True), review.Filters(sort="agreement"),
+                   review.Filters(sort="agreement", include_rejected=True),
+                   review.Filters(views=("original", "augmented")),
+                   review.Filters(classes=(1, 3), views=("original", "both"))]
         for ck in (200, 100):      # at 100, the decisions made at 200 cover objects by overlap
             for f in filters:
                 slow = _queue_of(review.all_items(run, ck, include_rejected=f.include_rejected), f)

@@ -220,3 +220,13 @@ def test_the_agreement_sort_ranks_images_by_their_agreed_objects(run):
     order = {s: [e.image_id for e in review.queue(run, 30, review.Filters(sort=s))]
              for s in ("score", "agreement")}
     assert order == {"score": [1, 2], "agreement": [2, 1]}
+
+
+def test_the_class_filter_reads_the_class_only(run):
+    """A class-2 object whose box starts at x = 2 is not a class-1 object (the SQL class
+    filter must compare the class with the classes asked for, nothing else)."""
+    mine(run, 40, [(1, 2, [2, 10, 30, 30], 0.9, O, None), (1, 1, [200, 10, 30, 30], 0.8, O, None)])
+    (entry,) = review.queue(run, 40, review.Filters(classes=(1,)))
+    assert (entry.image_id, entry.n_match, entry.n_items) == (1, 1, 2)
+    assert review.count_items(run, 40, review.Filters(classes=(1,))) == 1
+    assert [t[2] for t in review.pending_objects(run, 40, review.Filters(classes=(1,)))] == [1]

@@ -240,6 +240,8 @@ def remaining(run_dir: Path, checkpoint, hidden: dict | None) -> dict | None:
     from comining import review, store
     from comining.queue_metrics import missing_left
 
+    if not (run_dir / store.STORE_NAME).exists():     # a run that never mined: nothing to say
+        return None
     r = review.open_run(run_dir)
     try:
         if not store.checkpoints(r.conn):

@@ -129,3 +129,33 @@ def test_clear_errors_name_the_store(tmp_path, conn):
     with pytest.raises(InputError) as e:
         store.resolve_checkpoint(conn, 15, "run/comining.sqlite")
     assert str(e.value) == "run/comining.sqlite: checkpoint 15 was not mined; mined: 10, 20"
+
+
+def test_a_version_2_store_gains_the_rounds_table_and_keeps_its_rows(tmp_path):
+    """A store written before the loop (version 2: no rounds table) opens as version 3,
+    its checkpoints all of round 0; rounds then record and map checkpoints to rounds."""
+    path = tmp_path / store.STORE_NAME
+    c = store.connect(path, create=True)
+    store.write_dataset(c, [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+                        [{"id": 1, "name": "a"}])
+    for it in (100, 200):
+        store.replace_checkpoint_candidates(c, iteration=it, path=f"{it}.pt", thresholds=THRESHOLDS,
+                                            candidates=[])
+    c.close()
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE rounds")
+    raw.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    raw.commit()
+    raw.close()
+    c = store.connect(path)
+    try:
+        assert store.schema_version(c) == 3 and store.rounds(c) == []
+        assert store.checkpoint_rounds(c) == {100: 0, 200: 0}
+        store.add_round(c, round=1, start_iteration=200, end_iteration=400, targets="t.json",
+                        rejected="r.json", decision_ids=[5, 2], n_accepted=1, n_rejected=1)
+        store.replace_checkpoint_candidates(c, iteration=300, path="300.pt", thresholds=THRESHOLDS,
+                                            candidates=[])
+        assert store.checkpoint_rounds(c) == {100: 0, 200: 0, 300: 1}
+        assert store.rounds(c)[0]["decision_ids"] == "[2, 5]"
+    finally:
+        c.close()

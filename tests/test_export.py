@@ -562,3 +562,44 @@ def test_cli_clear_errors_for_older_or_empty_runs(tmp_path, capsys):
     assert "run folder not found" in capsys.readouterr().err
     assert main(["review", "--run", str(empty), "--auth", "nopassword"]) == 2
     assert "USER:PASS" in capsys.readouterr().err
+
+
+def test_export_names_the_loop_round_each_box_comes_from(tmp_path, monkeypatch):
+    """Round 1 trains from checkpoint 100 (its checkpoint: 200). An accept of a
+    checkpoint-100 object is of round 0, one of a checkpoint-200 object of round 1; a box
+    drawn by hand is of the round running when it was drawn (drawn the very moment round
+    1 starts: round 1); automatic accepts of checkpoint 200 are of round 1."""
+    t0, t1, t2 = (f"2030-01-01T00:00:0{k}.000+00:00" for k in range(3))
+    info = make_run(tmp_path, n_images=2, checkpoints=(100, 200))
+    run = review.open_run(info.run_dir)
+    try:
+        monkeypatch.setattr(store, "now_iso", lambda: t0)
+        early = review.image_items(run, 100, 1)[0]
+        review.decide(run, early.id, "accepted", client="a")
+        review.import_decisions(run, [{"image_id": 1, "bbox": [2, 2, 20, 15], "category_id": 1,
+                                       "decision": "accepted"}], client="m0")
+        monkeypatch.setattr(store, "now_iso", lambda: t1)
+        store.add_round(run.conn, round=1, start_iteration=100, end_iteration=200, targets="t",
+                        rejected="r", decision_ids=[], n_accepted=1, n_rejected=0)
+        review.import_decisions(run, [{"image_id": 2, "bbox": [2, 2, 20, 15], "category_id": 1,
+                                       "decision": "accepted"}], client="m1")
+        monkeypatch.setattr(store, "now_iso", lambda: t2)
+        late = review.image_items(run, 200, 2)[0]
+        review.decide(run, late.id, "accepted", client="b")
+        # decided during round 1, on an object round 0 mined: the box is round 0's
+        old = next(it for it in review.image_items(run, 100, 1) if it.state == "pending")
+        review.decide(run, old.id, "accepted", client="c")
+        out = tmp_path / "out.json"
+        export.export_run(run, out, accept="all", min_score=0.0, checkpoint=200)
+    finally:
+        run.close()
+    new = [a for a in json.loads(out.read_text())["annotations"] if "comining" in a]
+    rounds = {(a["image_id"], a["comining"]["decision"], tuple(round(v) for v in a["bbox"][:2])):
+              (a["comining"]["round"], a["attributes"]["comining_round"]) for a in new}
+    assert rounds.pop((1, "accepted", (2, 2))) == (0, 0)            # drawn before round 1
+    assert rounds.pop((2, "accepted", (2, 2))) == (1, 1)            # drawn as it started
+    assert rounds.pop((1, "accepted", tuple(round(v) for v in early.box[:2]))) == (0, 0)
+    assert rounds.pop((2, "accepted", tuple(round(v) for v in late.box[:2]))) == (1, 1)
+    assert rounds.pop((1, "accepted", tuple(round(v) for v in old.box[:2]))) == (0, 0)
+    assert rounds and set(rounds.values()) == {(1, 1)}              # the automatic accepts
+    assert {k[1] for k in rounds} == {"auto"}

@@ -43,7 +43,8 @@ class Retrainer:
                 return "⏳ A round is already training (started from this page)."
             now = status.read(self.run_dir)
             if now and now["alive"]:
-                return f"⏳ The run is training now: {status.describe(now)[2:]}. Retrain once it has finished."
+                return (f"⏳ The run is training now: {status.describe(now, icon=False)}. Retrain "
+                        f"once it has finished.")
             self.log.parent.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "comining", "refine", "--run", str(self.run_dir),
                    "--no-progress"]

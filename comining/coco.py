@@ -345,7 +345,6 @@ def load_coco(ann_path, image_root, *, check_images: bool = True) -> CocoDataset
                        categories=categories)
 
 
-
 def attach_rejected(coco: CocoDataset, path) -> None:
     """Attach a refine round's REJECTED.json ({"rejected": [{image_id, bbox [x, y, w, h]}]},
     written by comining.rounds) to the records as `rejected_boxes` (xyxy, clipped)."""

@@ -134,13 +134,13 @@ class TrainConfig:
     thresholds: MiningThresholds = field(default=None)
     review: ReviewMining = field(default_factory=ReviewMining)   # mining for the annotator
     amp: str = "auto"                   # auto (bf16 on CUDA) | bf16 (also on CPU) | off
+    channels_last: str = "auto"         # auto (on CUDA) | on (also on CPU) | off
     # The loop (comining.rounds): round 0 trains on the inputs; each `comining refine` round
     # trains from the last checkpoint (round_start) to `iters` on the inputs + accepted boxes
     # (ann: the round's targets file), never mining a box on a rejected one (rejected).
     round: int = 0
     round_start: int = 0
     rejected: str | None = None         # REJECTED.json of a round: the annotator's background
-    channels_last: str = "auto"         # auto (on CUDA) | on (also on CPU) | off
 
     def __post_init__(self):
         if isinstance(self.thresholds, dict):

@@ -29,7 +29,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from comining import store
+from comining import status, store
 from comining.config import TrainConfig
 from comining.errors import InputError
 from comining.fileio import atomic_write_json
@@ -95,14 +95,12 @@ def refine(run_dir, *, iters: int | None = None, checkpoint_every: int | None = 
     from comining import review
     from comining.engine import list_checkpoints, load_run_config, train
 
-    from comining import status
-
     run_dir = Path(run_dir)
     base = load_run_config(run_dir)
     now = status.read(run_dir)
     if now and now["alive"]:
-        raise InputError(run_dir, f"the run is training now ({status.describe(now)[2:]}, process "
-                                  f"{now['pid']}): refine once it has finished")
+        raise InputError(run_dir, f"the run is training now ({status.describe(now, icon=False)}, "
+                                  f"process {now['pid']}): refine once it has finished")
     state = round_state(run_dir)
     if not state.finished:
         n = state.last_round

@@ -71,24 +71,29 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def describe(s: dict | None) -> str:
-    """One line for a person: what the run is doing, where it stands."""
+def describe(s: dict | None, *, icon: bool = True) -> str:
+    """One line for a person: what the run is doing, where it stands (led by an icon of
+    its state unless icon=False, for a line that quotes it)."""
     if not s:
         return ""
     name = f"round {s.get('round', 0)}" if s.get("round") else "training"
     where = f"iteration {s.get('iteration', 0)} of {s.get('iters', '?')}"
     if s["alive"]:
+        mark = "⏳"
         if s.get("state") == "mining":
-            return f"⏳ {name}: mining checkpoint {s.get('iteration')} for review"
-        left = seconds_left(s)
-        loss = f", loss {s['loss']:.3f}" if isinstance(s.get("loss"), (int, float)) else ""
-        return (f"⏳ {name}: {where}{loss}"
-                + (f", about {_duration(left)} of training left" if left is not None else ""))
-    if s.get("state") == "finished":
-        return f"✅ {name} finished ({where})"
-    if s.get("state") == "failed":
-        return f"❌ {name} failed at {where}: {s.get('error', 'see its log')}"
-    return f"⏸ {name} stopped at {where} (its process is gone: resume it)"
+            text = f"{name}: mining checkpoint {s.get('iteration')} for review"
+        else:
+            left = seconds_left(s)
+            loss = f", loss {s['loss']:.3f}" if isinstance(s.get("loss"), (int, float)) else ""
+            text = (f"{name}: {where}{loss}"
+                    + (f", about {_duration(left)} of training left" if left is not None else ""))
+    elif s.get("state") == "finished":
+        mark, text = "✅", f"{name} finished ({where})"
+    elif s.get("state") == "failed":
+        mark, text = "❌", f"{name} failed at {where}: {s.get('error', 'see its log')}"
+    else:
+        mark, text = "⏸", f"{name} stopped at {where} (its process is gone: resume it)"
+    return f"{mark} {text}" if icon else text
 
 
 def holds_lock(run_dir) -> bool:

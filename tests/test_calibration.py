@@ -67,6 +67,8 @@ def test_status_lines(tmp_path):
     # 400 iterations of 8 images at 8 images a second
     assert status.describe(s) == ("⏳ round 1: iteration 1400 of 1800, loss 1.234, about 7 min "
                                   "of training left")
+    assert status.describe(s, icon=False) == ("round 1: iteration 1400 of 1800, loss 1.234, "
+                                              "about 7 min of training left")
     data = json.loads((tmp_path / status.STATUS_NAME).read_text())
     data["pid"] = _dead_pid()
     (tmp_path / status.STATUS_NAME).write_text(json.dumps(data))

@@ -100,9 +100,8 @@ def export_candidates(run_dir, checkpoint: str = "last", *, on_label: bool = Fal
 def run(args) -> int:
     from comining.fileio import atomic_write_json
 
-    fmt = getattr(args, "format", "json")
-    if fmt != "json":
-        return write_format(args, fmt)
+    if args.format != "json":
+        return write_format(args, args.format)
     rows = export_candidates(args.run, args.checkpoint, on_label=args.on_label, decided=args.decided)
     atomic_write_json(args.out, rows)
     print(f"wrote {len(rows)} objects to {args.out}")

@@ -34,10 +34,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from comining import review
+    from comining import formats, review
     from comining.fileio import read_json
-
-    from comining import formats
 
     data = read_json(args.decisions)
     kind = formats.detect(data)

@@ -21,6 +21,17 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """8 generated training images of 96 px, 3 classes (training and mining them take
+    seconds: see seconds_run_config). Read only: tests train into their own folders."""
+    from comining.synth import generate
+
+    out = tmp_path_factory.mktemp("small_data")
+    generate(out, train=8, val=1, size=96, classes=3, seed=1)
+    return out
+
+
 def seconds_run_config(data: Path, run: Path, **overrides):
     """A TrainConfig that trains and mines in seconds on CPU: 4 iterations of 2 images at
     96 px, checkpoints 2 and 4, every box mined (tau 0.001, review floor 0.001)."""

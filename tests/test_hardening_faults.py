@@ -169,16 +169,6 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory) -> Path:
-    """8 generated training images of 96 px (mining them takes a moment only)."""
-    from comining.synth import generate
-
-    out = tmp_path_factory.mktemp("faults_data")
-    generate(out, train=8, val=1, size=96, classes=3, seed=1)
-    return out
-
-
-@pytest.fixture(scope="module")
 def reference(small_dataset, tmp_path_factory) -> Path:
     """The uninterrupted run (in this process; the same settings as TRAIN)."""
     run = tmp_path_factory.mktemp("reference") / "run"

@@ -461,7 +461,8 @@ def test_empty_run_and_missing_image_in_chromium(browser, tmp_path):
 
 
 @pytest.mark.browser
-def test_retrain_from_the_app_and_see_its_checkpoint_without_a_restart_in_chromium(browser, tmp_path):
+def test_retrain_from_the_app_and_see_its_checkpoint_without_a_restart_in_chromium(browser, tmp_path,
+                                                                                  small_dataset):
     """The loop from the page: "Retrain with my decisions" starts a refine round in the
     background; the status line follows it, and its checkpoint, mined after the page
     opened, is offered in the Checkpoint list and opens with the accepted object gone
@@ -470,11 +471,9 @@ def test_retrain_from_the_app_and_see_its_checkpoint_without_a_restart_in_chromi
 
     from comining import store
     from comining.engine import train
-    from comining.synth import generate
     from conftest import seconds_run_config
 
-    generate(tmp_path / "data", train=8, val=1, size=96, classes=3, seed=1)
-    run_dir = train(seconds_run_config(tmp_path / "data", tmp_path / "run"), progress=False)
+    run_dir = train(seconds_run_config(small_dataset, tmp_path / "run"), progress=False)
     with serve(run_dir) as (_, url):
         page = open_page(browser, url)
         status = page.locator("#run-status")

@@ -28,18 +28,10 @@ ROUND = ["--iters", "4", "--checkpoint-every", "2", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from comining.synth import generate
-
-    out = tmp_path_factory.mktemp("rounds_data")
-    generate(out, train=8, val=1, size=96, classes=3, seed=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def trained(data, tmp_path_factory) -> Path:
+def trained(small_dataset, tmp_path_factory) -> Path:
     """Round 0: 4 iterations, checkpoints 2 and 4 mined."""
-    return train(seconds_run_config(data, tmp_path_factory.mktemp("round0") / "run"), progress=False)
+    run = tmp_path_factory.mktemp("round0") / "run"
+    return train(seconds_run_config(small_dataset, run), progress=False)
 
 
 def decide(run_dir: Path, tmp_path: Path):
@@ -82,9 +74,9 @@ def xyxy(bbox) -> np.ndarray:
     return np.array([[x, y, x + w, y + h]], np.float64)
 
 
-def test_a_round_records_its_targets_and_decisions_and_never_edits_the_inputs(data, refined):
+def test_a_round_records_its_targets_and_decisions_and_never_edits_the_inputs(small_dataset, refined):
     run, acc, rej = refined
-    ann = data / "annotations" / "train.json"
+    ann = small_dataset / "annotations" / "train.json"
     inputs = json.loads(ann.read_text())
     [row] = store.rounds(store.connect(run / store.STORE_NAME))
     assert (row["round"], row["start_iteration"], row["end_iteration"]) == (1, 4, 8)
@@ -177,7 +169,7 @@ def test_after_a_round_the_decided_objects_are_not_proposed_again(refined, tmp_p
                      tuple(round(v, 1) for v in newest.box): 1}
 
 
-def test_refine_refuses_what_it_cannot_do_in_one_line(data, trained, tmp_path):
+def test_refine_refuses_what_it_cannot_do_in_one_line(small_dataset, trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     proc = run_cli("refine", "--run", run, "--resume")
@@ -191,7 +183,7 @@ def test_refine_refuses_what_it_cannot_do_in_one_line(data, trained, tmp_path):
     assert_clean_error(proc, "round 1 was stopped before its end", "add --resume")
     # round 0 itself unfinished
     half = tmp_path / "half"
-    short = seconds_run_config(data, half)
+    short = seconds_run_config(small_dataset, half)
     short.iters = 2
     train(short, progress=False)
     config = json.loads((half / "config.json").read_text())

@@ -20,6 +20,7 @@ from app.views import (LAYER_LABELS, Ctx, alternative_class, batch_preview, batc
                        resolve_selected)
 from comining import export, review
 from comining.errors import CominingError, InputError
+from comining.rounds import RETRAIN_WINDOW, retrain_advice
 
 log = logging.getLogger("comining.review")
 
@@ -434,6 +435,10 @@ def _wire_run(ui, ctx: Ctx) -> None:
         # reads the page's state, never writes it: a tick racing a decision must not undo it
         line = ctx.retrainer.line()
         cks = run.checkpoints()
+        if st.get("checkpoint") is not None and not ctx.retrainer.busy():
+            advice = retrain_advice(*review.recent_yield(run, st["checkpoint"], RETRAIN_WINDOW),
+                                    review.untrained_decisions(run))
+            line += f"\n\n{advice}" if advice else ""
         if cks and st.get("checkpoint") is None:
             line += f"\n\n🆕 **checkpoint {cks[-1]} is mined**: press ↻ to review it"
         elif cks and cks[-1] > st["checkpoint"]:

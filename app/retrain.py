@@ -58,6 +58,13 @@ class Retrainer:
             return (f"⏳ Retraining with your decisions in the background (log: {self.log}); "
                     f"keep reviewing: its checkpoints appear here when they are mined.")
 
+    def busy(self) -> bool:
+        """A round (or round 0) is training: this app's, or one started anywhere."""
+        if self._proc is not None and self._proc.poll() is None:
+            return True
+        now = status.read(self.run_dir)
+        return bool(now and now["alive"])
+
     def line(self) -> str:
         """What the run is doing (training from anywhere, or this app's last round)."""
         proc = self._proc

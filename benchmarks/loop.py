@@ -43,9 +43,12 @@ if str(REPO) not in sys.path:
 
 from benchmarks.common import cpu_name, git_commit  # noqa: E402
 
+from comining.rounds import RETRAIN_BELOW as STOP_BELOW  # noqa: E402
+from comining.rounds import RETRAIN_WINDOW as WINDOW  # noqa: E402
+
+# The stop rule is the app's suggestion to retrain (comining.rounds.retrain_advice): the
+# last WINDOW decisions accepted less often than STOP_BELOW: retrain (or stop, last round).
 MATCH_IOU = 0.5
-WINDOW = 30            # the stop rule: the last WINDOW decisions ...
-STOP_BELOW = 0.5       # ... accepted less often than this: retrain (or stop, last round)
 TARGET = 0.9           # share of the erased labels the issue asks to recover
 
 
@@ -399,6 +402,9 @@ def main(argv=None) -> int:
     p.add_argument("--reestimate", action="store_true",
                    help="with --report-only: recompute each round's estimate with this code "
                         "from the store as the round left it")
+    p.add_argument("--one-shot-from", metavar="NAME",
+                   help="reuse the one-shot arm of benchmarks/results/NAME.json (it depends on "
+                        "round 0 only) instead of reviewing round 0's whole queue again")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing (but --finish): rewrite NAME.md from NAME.json")
     args = p.parse_args(argv)
@@ -426,6 +432,8 @@ def main(argv=None) -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     loops, shot = {}, None
+    if args.one_shot_from:
+        shot = json.loads((args.out / f"{args.one_shot_from}.json").read_text())["one_shot"]
     t0 = time.perf_counter()
     for method in args.methods:
         data, run0 = round0_run(method, args.work)

@@ -506,3 +506,39 @@ def test_retrain_from_the_app_and_see_its_checkpoint_without_a_restart_in_chromi
     finally:
         r.close()
     assert "round 1 finished" in (run_dir / "rounds" / "refine.log").read_text()
+
+
+@pytest.mark.browser
+def test_the_page_suggests_retraining_once_the_queue_stops_paying_in_chromium(browser, tmp_path):
+    """After RETRAIN_WINDOW rejections in a row on the checkpoint under review, the status
+    line says the queue stopped paying and how many decisions a round would add; an
+    accept that lifts the yield back to half takes the suggestion away."""
+    from playwright.sync_api import expect
+
+    from comining.rounds import RETRAIN_WINDOW
+
+    info = make_run(tmp_path, n_images=12)
+    run = review.open_run(info.run_dir)
+    try:
+        items = review.queue_items(run, 200)
+        assert len(items) >= RETRAIN_WINDOW * 3 // 2
+        for it in items[:RETRAIN_WINDOW]:
+            review.decide(run, it.id, "rejected", client="earlier")
+    finally:
+        run.close()
+    with serve(info.run_dir) as (_, url):
+        page = open_page(browser, url)
+        status = page.locator("#run-status")
+        expect(status).to_contain_text(f"Only 0 of your last {RETRAIN_WINDOW} decisions here")
+        expect(status).to_contain_text(f"({RETRAIN_WINDOW} not trained on yet)")
+        shot(page, "16_retrain_advice.png")
+        run = review.open_run(info.run_dir)
+        try:   # half of the latest window accepted: the queue pays again
+            rest = review.queue_items(run, 200)[:RETRAIN_WINDOW // 2]
+            assert len(rest) == RETRAIN_WINDOW // 2
+            for it in rest:
+                review.decide(run, it.id, "accepted", client="earlier")
+        finally:
+            run.close()
+        expect(status).not_to_contain_text("stopped paying", timeout=15_000)
+        page.close()

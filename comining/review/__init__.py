@@ -49,7 +49,7 @@ from comining.review.importing import import_decisions
 from comining.review.run import Run, open_run
 from comining.review.stats import (
     calibrate, decision_counts, mining_quality, plot_data, plot_figures, progress, read_metrics,
-    remaining_estimate,
+    recent_yield, remaining_estimate, untrained_decisions,
 )
 from comining.review.writing import (
     CountChanged, batch_accept, batch_candidates, batch_count, decide, decide_many, undo,
@@ -62,6 +62,6 @@ __all__ = [
     "effective_decisions", "Filters", "import_decisions", "grouped_items", "image_items", "object_items",
     "iou", "iou_matrix", "IOU_SAME", "LABELLED", "Item", "item_at", "member_boxes", "LAYERS", "mining_quality",
     "open_run", "pending_objects", "plot_data", "plot_figures", "progress", "queue", "queue_items",
-    "QueueEntry", "read_metrics", "render", "Run", "SORTS", "STATES", "undo",
-    "VIEW_KINDS", "VIEW_LABELS",
+    "QueueEntry", "read_metrics", "recent_yield", "render", "Run", "SORTS", "STATES", "undo",
+    "untrained_decisions", "VIEW_KINDS", "VIEW_LABELS",
 ]

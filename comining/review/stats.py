@@ -70,6 +70,25 @@ def remaining_estimate(run: Run, checkpoint: int):
     return None if cal is None else calibration.remaining(cal, pending, classes)
 
 
+def recent_yield(run: Run, checkpoint: int, window: int) -> tuple[int, int]:
+    """(decisions, accepts) among the latest `window` standing decisions made on this
+    checkpoint's objects (hand-drawn boxes left out): how much the queue pays now."""
+    rows = run.conn.execute(
+        "SELECT d.decision FROM decisions d JOIN candidates c ON c.id = d.candidate_id "
+        "WHERE d.undone = 0 AND c.checkpoint = ? ORDER BY d.id DESC LIMIT ?",
+        (checkpoint, int(window))).fetchall()
+    return len(rows), sum(1 for r in rows if r[0] == "accepted")
+
+
+def untrained_decisions(run: Run) -> int:
+    """Standing decisions made after the latest refine round was built (all of them
+    before the first round): what retraining now would add to the detector's targets."""
+    last = run.conn.execute("SELECT decision_ids FROM rounds ORDER BY round DESC LIMIT 1").fetchone()
+    trained = max(json.loads(last[0]), default=0) if last else 0
+    return run.conn.execute("SELECT COUNT(*) FROM decisions WHERE undone = 0 AND id > ?",
+                            (trained,)).fetchone()[0]
+
+
 def decision_counts(run: Run) -> dict:
     """Cheap run-wide counts of standing decision rows (for a status line)."""
     out = {"accepted": 0, "rejected": 0}

@@ -245,7 +245,8 @@ def batch_refresh(ctx, st, min_score):
 def progress_md(ctx, st) -> str:
     if st["checkpoint"] is None:
         return "No mined checkpoint yet."
-    p = review.progress(ctx.run, st["checkpoint"])
+    items = review.all_items(ctx.run, st["checkpoint"])     # one walk for both tables
+    p = review.progress(ctx.run, st["checkpoint"], items)
     pct = 100.0 * p["reviewed"] / p["total"] if p["total"] else 0.0
     lines = [f"### Checkpoint {p['checkpoint']}: reviewed {p['reviewed']} / {p['total']} "
              f"candidates ({pct:.0f}%)",
@@ -253,7 +254,7 @@ def progress_md(ctx, st) -> str:
              f"**{p['pending']}** pending · {p['decisions']} decisions recorded in the run",
              "", "| class | total | reviewed | accepted | rejected | pending |",
              "|---|---:|---:|---:|---:|---:|"]
-    est = review.remaining_estimate(ctx.run, st["checkpoint"])
+    est = review.remaining_estimate(ctx.run, st["checkpoint"], items)
     if est is not None:
         lines[-2] += " missing left (estimate) |"
         lines[-1] += "---:|"

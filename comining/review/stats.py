@@ -17,14 +17,15 @@ from comining.review.records import IOU_SAME
 from comining.review.run import Run
 
 
-def progress(run: Run, checkpoint: int) -> dict:
+def progress(run: Run, checkpoint: int, items: dict | None = None) -> dict:
     """Counts of the checkpoint's items: total, reviewed, accepted, rejected, pending,
-    overall and per class."""
+    overall and per class. `items`: the checkpoint's `all_items` when the caller has
+    them already."""
     per_class = {cid: {"category_id": cid, "name": name, "total": 0, "accepted": 0,
                        "rejected": 0, "pending": 0} for cid, name in run.categories.items()}
     total = {"total": 0, "accepted": 0, "rejected": 0, "pending": 0}
-    for items in all_items(run, checkpoint).values():
-        for it in items:
+    for image_items in (all_items(run, checkpoint) if items is None else items).values():
+        for it in image_items:
             row = per_class.setdefault(it.category_id, {
                 "category_id": it.category_id, "name": str(it.category_id), "total": 0,
                 "accepted": 0, "rejected": 0, "pending": 0})
@@ -39,15 +40,16 @@ def progress(run: Run, checkpoint: int) -> dict:
                 per_class=[r for r in per_class.values() if r["total"]])
 
 
-def calibrate(run: Run, checkpoint: int):
+def calibrate(run: Run, checkpoint: int, items: dict | None = None):
     """(comining.calibration's fit on the decisions made on this checkpoint's objects, or
     None before there are enough; the scores and best classes of its pending objects).
-    Objects on a label of another class are left out: they are not missing objects."""
+    Objects on a label of another class are left out: they are not missing objects.
+    `items`: the checkpoint's `all_items` when the caller has them already."""
     from comining import calibration
 
     decided, accepted, pending, classes = [], [], [], []
-    for items in all_items(run, checkpoint).values():
-        for it in items:
+    for image_items in (all_items(run, checkpoint) if items is None else items).values():
+        for it in image_items:
             if it.on_label is not None:
                 continue
             if it.state == "pending":
@@ -61,12 +63,12 @@ def calibrate(run: Run, checkpoint: int):
     return calibration.fit(decided, accepted), pending, classes
 
 
-def remaining_estimate(run: Run, checkpoint: int):
+def remaining_estimate(run: Run, checkpoint: int, items: dict | None = None):
     """The missing objects expected among the checkpoint's pending objects
     (calibration.Remaining), or None before enough decisions on this checkpoint."""
     from comining import calibration
 
-    cal, pending, classes = calibrate(run, checkpoint)
+    cal, pending, classes = calibrate(run, checkpoint, items)
     return None if cal is None else calibration.remaining(cal, pending, classes)
 
 

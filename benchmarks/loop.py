@@ -233,6 +233,7 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
                "recovered_export": recovered_in_export(run, hidden, run.parent),
                "n_erased": oracle.n, "val_ap": val_ap(run, data, checkpoint),
                "estimate_remaining": None if est is None else round(est.total, 1),
+               "estimate_extrapolated": None if est is None else round(est.extrapolated, 1),
                "estimate_per_class": None if est is None else {
                    str(k): round(v, 1) for k, v in est.per_class.items()},
                "truth_remaining": truth, "review_s": round(time.perf_counter() - t0, 1)}
@@ -259,6 +260,7 @@ def reestimate(run: Path, rows: list[dict]) -> None:
             shutil.copy2(run / "config.json", Path(tmp) / "config.json")
             est = estimate(Path(tmp), row["checkpoint"])
         row["estimate_remaining"] = None if est is None else round(est.total, 1)
+        row["estimate_extrapolated"] = None if est is None else round(est.extrapolated, 1)
         row["estimate_per_class"] = None if est is None else {
             str(k): round(v, 1) for k, v in est.per_class.items()}
 
@@ -322,6 +324,11 @@ def decisions_to(curve: list[int], target: int) -> int | None:
     return None
 
 
+def _of_which(extrapolated) -> str:
+    """The part of an estimate extrapolated below every decided score, when recorded."""
+    return "" if extrapolated is None else f" (of which {extrapolated} extrapolated)"
+
+
 def _error(estimate, truth) -> str:
     if estimate is None or not truth:
         return "-"
@@ -349,7 +356,8 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
                 f"| {r['round']} | {r['checkpoint']} | {r['decisions']} | {r['accepted']} | "
                 f"{r['decisions_total']} | {rec} ({rec / n:.1%}) | "
                 f"{r['decisions_total'] / max(rec, 1):.2f} | {r['val_ap']:.3f} | "
-                f"{'-' if r['estimate_remaining'] is None else r['estimate_remaining']} | "
+                f"{'-' if r['estimate_remaining'] is None else r['estimate_remaining']}"
+                f"{_of_which(r.get('estimate_extrapolated'))} | "
                 f"{r['truth_remaining']} | {_error(r['estimate_remaining'], r['truth_remaining'])} | "
                 f"{r.get('refine_s', '-')} |")
         if res.get("finish"):

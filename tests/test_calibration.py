@@ -34,6 +34,18 @@ def test_identity_calibration_by_hand():
     assert calibration.batch_precision(cal, [0.9, 0.8, 0.2], 0.5) == (2, pytest.approx(0.85))
     assert calibration.batch_precision(cal, [0.2], 0.5) == (0, None)
     assert "about 1 missing objects remain among the 3 pending" in rem.line()
+    assert rem.n_below == 0 and "extrapolated" not in rem.line()
+
+
+def test_the_estimate_says_how_much_of_it_lies_below_every_decided_score():
+    cal = calibration.fit([0.9] * 6 + [0.1] * 4, [True] * 6 + [False] * 4)
+    assert cal.lowest_decided == pytest.approx(0.1)
+    cal = calibration.Calibration(1.0, 0.0, 20, 10, lowest_decided=0.5)   # chance = score
+    rem = calibration.remaining(cal, [0.9, 0.4, 0.3, 0.5], [1, 1, 2, 2])
+    assert rem.total == pytest.approx(2.1)
+    assert (rem.n_below, rem.extrapolated) == (2, pytest.approx(0.7))      # 0.4 + 0.3
+    assert ("1 of them are extrapolated to the 2 pending objects scoring below any you "
+            "decided (0.50)") in rem.line()
 
 
 def test_the_fit_recovers_a_known_acceptance_curve_and_counts_what_remains():
@@ -137,6 +149,16 @@ def test_evaluate_prints_the_estimate_and_the_truth(tmp_path, capsys):
     assert rem["truth"] == 3 and rem["decisions"] == 12
     assert rem["truth_per_class"] == {str(c): image4.count(c) for c in sorted(set(image4))}
     assert 0 <= rem["estimate"] <= 4          # four objects are pending
+    r = review.open_run(info.run_dir)
+    try:
+        decided = [it.score for im in (1, 2, 3) for it in review.image_items(r, 200, im)
+                   if it.on_label is None]
+        pending = [it.score for it in review.image_items(r, 200, 4) if it.on_label is None]
+    finally:
+        r.close()
+    assert rem["lowest_decided_score"] == pytest.approx(min(decided))
+    assert rem["pending_below_decided"] == sum(s < min(decided) for s in pending)
+    assert 0 <= rem["extrapolated"] <= rem["estimate"]
     # no decisions: no estimate, said so
     assert main(["evaluate", "--run", str(info.run_dir), "--checkpoint", "100"]) == 0
     assert "no estimate yet" in capsys.readouterr().out

@@ -252,6 +252,9 @@ def remaining(run_dir: Path, checkpoint, hidden: dict | None) -> dict | None:
                "estimate_per_class": None if est is None else {
                    str(c): round(v, 1) for c, v in est.per_class.items()},
                "decisions": None if est is None else est.calibration.n_decisions,
+               "extrapolated": None if est is None else round(est.extrapolated, 1),
+               "pending_below_decided": None if est is None else est.n_below,
+               "lowest_decided_score": None if est is None else est.calibration.lowest_decided,
                "names": {str(c): n for c, n in r.categories.items()}}
         if hidden is not None:
             items = [x for its in review.all_items(r, it).values() for x in its
@@ -275,6 +278,10 @@ def print_remaining(rem: dict) -> None:
     truth = f"; truth (HIDDEN): {rem['truth']}" if "truth" in rem else ""
     print(f"missing objects left in the queue at checkpoint {rem['checkpoint']}: about "
           f"{rem['estimate']:.0f} (estimated from {rem['decisions']} decisions){truth}")
+    if rem["pending_below_decided"]:
+        print(f"  of which about {rem['extrapolated']:.0f} are extrapolated to the "
+              f"{rem['pending_below_decided']} pending objects scoring below any decided "
+              f"({rem['lowest_decided_score']:.2f}): a rough guess")
     for c, v in rem["estimate_per_class"].items():
         t = f"  truth {rem['truth_per_class'].get(c, 0)}" if "truth" in rem else ""
         print(f"  {rem['names'].get(c, c):>12}: about {v:.0f}{t}")

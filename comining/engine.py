@@ -396,6 +396,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
         from tqdm import tqdm
         bar = tqdm(total=config.iters, initial=start, desc=_bar_label(config), dynamic_ncols=True)
     metrics_file = open(run_dir / "metrics.jsonl", "a") if ddp.main else None
+    if ddp.main:   # the app's status line shows the run at once, not at the first log step
+        _status(config, "training", iteration=start)
     window_start, window_images = time.perf_counter(), 0
     try:
         for it, batch in zip(range(start, config.iters), loader):

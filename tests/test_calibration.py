@@ -162,3 +162,26 @@ def test_evaluate_prints_the_estimate_and_the_truth(tmp_path, capsys):
     # no decisions: no estimate, said so
     assert main(["evaluate", "--run", str(info.run_dir), "--checkpoint", "100"]) == 0
     assert "no estimate yet" in capsys.readouterr().out
+
+
+def test_the_run_says_it_is_training_before_its_first_logged_iteration(small_dataset, tmp_path,
+                                                                      monkeypatch):
+    """The status the app polls: "training at iteration 0" as the loop starts (not at the
+    first log step, minutes later on a slow machine), then each log step, then finished."""
+    from comining import engine
+    from conftest import seconds_run_config
+
+    writes = []
+    real = status.write
+
+    def record(run_dir, **fields):
+        writes.append((fields["state"], fields.get("iteration"), "loss" in fields))
+        real(run_dir, **fields)
+
+    monkeypatch.setattr(engine.status, "write", record)
+    engine.train(seconds_run_config(small_dataset, tmp_path / "run", log_every=3, mine=False),
+                 progress=False)
+    # iters 4, logged at 3 and at the end; checkpoints 2 and 4 not mined (mine=False)
+    assert writes == [("training", 0, False), ("training", 3, True), ("training", 4, True),
+                      ("finished", 4, False)]
+    assert status.read(tmp_path / "run")["state"] == "finished"

@@ -202,8 +202,21 @@ def val_ap(run_dir: Path, data: Path, checkpoint: int) -> float:
 # ----------------------------------------------------------------------------- arms
 
 
+def mine_at_scales(run: Path, scales: tuple[float, ...]) -> None:
+    """Make a copied run mine for review at these input sizes: its config (which refine
+    rounds inherit) and its last checkpoint, mined again."""
+    from comining.config import ReviewMining
+    from comining.engine import load_run_config, mine_checkpoint
+    from comining.fileio import atomic_write_json
+
+    config = load_run_config(run)
+    config.review = ReviewMining(**{**config.review.as_dict(), "scales": tuple(scales)})
+    atomic_write_json(run / "config.json", config.as_dict())
+    mine_checkpoint(run, "last", review=config.review, device="cpu")
+
+
 def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, iters: int,
-             stop_below: float, tag: str = "") -> dict:
+             stop_below: float, tag: str = "", scales: tuple[float, ...] | None = None) -> dict:
     from comining import store
     from comining.fileio import read_json
     from comining.rounds import refine
@@ -212,6 +225,8 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
     run = work / f"loop_{method}{tag}" / "run"
     shutil.rmtree(run.parent, ignore_errors=True)
     shutil.copytree(run0, run)
+    if scales:
+        mine_at_scales(run, scales)
     oracle = Oracle(hidden)
     curve: list[int] = []       # erased labels found after each decision
     rows = []
@@ -343,8 +358,11 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
              + (f" Estimates {meta['estimates']}." if meta.get("estimates") else ""),
              f"Oracle annotator; a round stops when fewer than {meta['stop_below']:.0%} of its last "
              f"{WINDOW} decisions were accepts; refine rounds of {meta['iters']} iterations "
-             f"(round 0: {meta['round0_iters']}). {n} erased labels; the target is {goal} "
-             f"({TARGET:.0%}).", ""]
+             f"(round 0: {meta['round0_iters']})"
+             + (f"; mined for review at {' and '.join(f'{x:g}x' for x in meta['review_scales'])} "
+                f"the training size (round 0's last checkpoint mined again so)"
+                if meta.get("review_scales", [1.0]) != [1.0] else "")
+             + f". {n} erased labels; the target is {goal} ({TARGET:.0%}).", ""]
     for method, res in loops.items():
         lines += [f"## Loop, method `{method}`", "",
                   "| round | checkpoint | decisions | accepted | total decisions | recovered (export) "
@@ -410,6 +428,9 @@ def main(argv=None) -> int:
     p.add_argument("--reestimate", action="store_true",
                    help="with --report-only: recompute each round's estimate with this code "
                         "from the store as the round left it")
+    p.add_argument("--review-scales", type=float, nargs="+", metavar="X",
+                   help="mine for review at these input sizes (ReviewMining.scales): round 0's "
+                        "last checkpoint again, and every refine round")
     p.add_argument("--one-shot-from", metavar="NAME",
                    help="reuse the one-shot arm of benchmarks/results/NAME.json (it depends on "
                         "round 0 only) instead of reviewing round 0's whole queue again")
@@ -449,7 +470,7 @@ def main(argv=None) -> int:
             shot = one_shot(data, run0, args.work) if method == "comining" else None
         tag = "" if args.name == "loop" else f"_{args.name}"
         loops[method] = run_loop(method, data, run0, args.work, rounds=args.rounds, iters=args.iters,
-                                 stop_below=args.stop_below, tag=tag)
+                                 stop_below=args.stop_below, tag=tag, scales=args.review_scales)
         if args.finish:
             from comining.fileio import read_json
             hidden = read_json(data / "annotations" / "train_hard_hidden.json")
@@ -463,6 +484,7 @@ def main(argv=None) -> int:
             "setting": "comining demo's data (300 images 256 px, 4 classes), hard split, "
                        "FCOS MobileNetV3 at 160 px (the demo's CPU recipe)",
             "iters": args.iters, "round0_iters": CPU_SETTINGS["iters"],
+            "review_scales": args.review_scales or [1.0],
             "window": WINDOW, "stop_below": args.stop_below, "wall_s": round(time.perf_counter() - t0)}
     lines = report(loops, shot, meta)
     print("\n".join(lines))

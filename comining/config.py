@@ -78,6 +78,13 @@ class ReviewMining:
     score: str = "detection"      # detection: torchvision's test-time score (FCOS: with
                                   # centerness, which ranks well-placed boxes first);
                                   # class: co-generation's class score
+    scales: tuple[float, ...] = (1.0,)  # input sizes mined, as multiples of the training
+                                  # size; every size's boxes of a view join before grouping
+                                  # (multi-scale test-time mining: a larger size finds
+                                  # small objects the training size misses)
+
+    def __post_init__(self):
+        self.scales = tuple(float(s) for s in self.scales)   # a list when read from json
 
     def validate(self) -> None:
         def bad(msg):
@@ -97,6 +104,9 @@ class ReviewMining:
             bad("the Soft-NMS sigma must be above 0 (or none: off)")
         if self.score not in ("detection", "class"):
             bad(f"unknown review score {self.score!r}; choose detection or class")
+        if not self.scales or any(not 0.25 <= s <= 4 for s in self.scales) \
+                or len(set(self.scales)) != len(self.scales):
+            bad("--review-scales must be distinct multiples of the image size within [0.25, 4]")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

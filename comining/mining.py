@@ -11,6 +11,11 @@ softly suppressed), set apart where they are already labelled. Each view's boxes
 own boxes); boxes both views found (same class, IoU >= 0.5) are marked agreed. A
 checkpoint's candidates and objects are written in one transaction: all or nothing.
 
+With `ReviewMining.scales` the images are also mined at other input sizes (multi-scale
+test-time mining): every size's boxes of a view, mapped to original pixels, join before
+grouping, so one object seen at two sizes is one object. A detector trained at a small
+size misses small objects there and finds some of them at a larger size.
+
 Boxes thinner than MIN_SIDE original pixels are not candidates: an early or weak detector
 emits many such slivers (its regressed sides collapse), nobody can review them, and
 export drops them anyway (`review.clean_boxes`). Training's co-generation keeps them, as
@@ -19,6 +24,7 @@ the authors' code does.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
@@ -156,16 +162,34 @@ def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: Min
     category_id, classes, view_scores, view, on_label).
     """
     review = review or ReviewMining()
+
+    def detect(ds):
+        return detect_views(dense, ds, score_thresh=review.score_floor,
+                            nms_iou=review.nms_iou or thresholds.nms_iou,
+                            max_per_image=review.max_per_view, augment=augment, device=device,
+                            batch_size=batch_size, num_workers=num_workers, seed=seed, rank=rank,
+                            world_size=world_size, class_score=review.score == "class")
+
+    # the other sizes first, held per image (boxes in original pixels), then joined with
+    # the last size's as it streams
+    *others, last = [dataset if s == 1 else DetectionDataset(dataset.coco, scaled_size(
+        dataset.image_size, s)) for s in review.scales]
+    held: dict[int, list[dict]] = defaultdict(list)
+    for ds in others:
+        for rec, dets in detect(ds):
+            held[rec.id].append(dets)
     out: list[dict] = []
-    for rec, dets in detect_views(dense, dataset, score_thresh=review.score_floor,
-                                  nms_iou=review.nms_iou or thresholds.nms_iou,
-                                  max_per_image=review.max_per_view, augment=augment,
-                                  device=device, batch_size=batch_size,
-                                  num_workers=num_workers, seed=seed, rank=rank,
-                                  world_size=world_size, class_score=review.score == "class"):
+    for rec, dets in detect(last):
+        for more in held.pop(rec.id, ()):
+            dets = {v: tuple(torch.cat([a, b]) for a, b in zip(more[v], dets[v])) for v in VIEWS}
         out.extend(image_candidates(rec, dets, dataset.coco.categories, review,
                                     crowd_ioa=thresholds.crowd_ioa))
     return out
+
+
+def scaled_size(image_size: int, scale: float) -> int:
+    """An input size `scale` times the training size, a multiple of 32 (the FPN's stride)."""
+    return max(32, int(round(image_size * scale / 32)) * 32)
 
 
 def gather_candidates(candidates: list[dict], world_size: int) -> list[dict]:

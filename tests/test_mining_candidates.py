@@ -201,3 +201,86 @@ def test_record_stores_a_checkpoint_and_counts_what_it_stored(tmp_path):
         assert objs == {(10, "both", None), (20, "original", None), (20, "original", 10)}
     finally:
         conn.close()
+
+
+def test_other_scales_are_mined_at_their_size_and_join_each_view_before_grouping(monkeypatch):
+    """scales (1, 2): detect_views runs on the dataset at 2x the size, then on the dataset
+    itself; per view the two passes' boxes (original pixels) join before grouping, so the
+    same object seen at both sizes is one object with both boxes as members, and a small
+    object only the larger size saw is an object of its own."""
+    from comining import mining
+    from comining.config import MiningThresholds
+    rec = SimpleNamespace(id=1, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                          crowd_boxes=np.zeros((0, 4), np.float32))
+    passes = {96: {"original": dets([[10, 10, 50, 50]], [0], [0.8]), "augmented": dets([], [], [])},
+              192: {"original": dets([[11, 10, 51, 50], [70, 70, 78, 78]], [0, 1], [0.6, 0.7]),
+                    "augmented": dets([[12, 12, 50, 50]], [0], [0.5])}}
+    sizes = []
+
+    def fake_detect_views(dense, dataset, **kwargs):
+        sizes.append(dataset.image_size)
+        yield rec, passes[dataset.image_size]
+
+    monkeypatch.setattr(mining, "detect_views", fake_detect_views)
+    dataset = mining.DetectionDataset(SimpleNamespace(categories=CATEGORIES), 96)
+    out = mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.5, nms_iou=0.6),
+                              augment="color",
+                              device=torch.device("cpu"), batch_size=2, num_workers=0, seed=0,
+                              review=ReviewMining(scales=(2.0, 1.0)))
+    assert sizes == [192, 96]
+    objects = {}
+    for c in out:
+        objects.setdefault(c["object"]["key"], []).append((c["view"], c["bbox"]))
+    assert sorted(objects.values(), key=len) == [
+        [("original", [70.0, 70.0, 8.0, 8.0])],
+        [("original", [10.0, 10.0, 40.0, 40.0]), ("original", [11.0, 10.0, 40.0, 40.0]),
+         ("augmented", [12.0, 12.0, 38.0, 38.0])]]
+    big = next(c["object"] for c in out if c["bbox"][0] == 10.0)
+    assert big["view_scores"] == pytest.approx([0.8, 0.5])   # each view's best over both sizes
+    assert mining.scaled_size(160, 1.6) == 256 and mining.scaled_size(800, 1.0) == 800
+    assert mining.scaled_size(96, 0.25) == 32
+
+
+def test_review_scales_are_checked():
+    from comining.errors import InputError
+    for bad in ((), (1.0, 1.0), (0.1,), (5.0,)):
+        with pytest.raises(InputError, match="--review-scales"):
+            ReviewMining(scales=bad).validate()
+    assert ReviewMining(scales=[1, 1.6]).scales == (1.0, 1.6)      # as read back from json
+
+
+def test_mining_at_two_sizes_keeps_exactly_both_sizes_boxes_in_original_pixels(small_dataset,
+                                                                                tmp_path):
+    """A real detector mined with --review-scales 1 2, every box kept (no object cap, no
+    label rule): per image and view, its candidates are exactly those of mining at 1x
+    plus those of mining at 2x, each in original pixels, and the settings record it."""
+    import json
+    import shutil
+
+    from comining import store
+    from comining.cli import main
+    from comining.engine import train
+    from conftest import seconds_run_config
+
+    run = train(seconds_run_config(small_dataset, tmp_path / "run"), progress=False)
+    keep_all = ["--review-score-floor", "0.001", "--review-max-objects", "1000",
+                "--label-iou", "1.0", "--device", "cpu", "--checkpoint", "4"]
+    boxes = {}
+    for name, scales in (("one", ["1"]), ("two", ["2"]), ("both", ["1", "2"])):
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        assert main(["mine", "--run", str(copy), "--review-scales", *scales, *keep_all]) == 0
+        conn = store.connect(copy / store.STORE_NAME)
+        try:
+            settings = json.loads(conn.execute(
+                "SELECT settings FROM checkpoints WHERE iteration = 4").fetchone()[0])
+            assert settings["scales"] == [float(s) for s in scales]
+            boxes[name] = sorted(tuple(r) for r in conn.execute(
+                "SELECT image_id, view, round(x, 3), round(y, 3), round(w, 3), round(h, 3) "
+                "FROM candidates WHERE checkpoint = 4"))
+        finally:
+            conn.close()
+    assert boxes["one"] and boxes["two"] and boxes["one"] != boxes["two"]
+    assert boxes["both"] == sorted(boxes["one"] + boxes["two"])
+    for _, _, x, y, w, h in boxes["two"]:     # the 192 px pass, back in 96 px images
+        assert -1e-3 <= x and x + w <= 96 + 1e-3 and -1e-3 <= y and y + h <= 96 + 1e-3

@@ -12,6 +12,10 @@ def add_review_mining_args(p) -> None:
                    help="objects kept per image, best ranked (default 30)")
     g.add_argument("--review-rank", choices=("mean", "max", "min", "noisy_or", "geometric"),
                    help="an object's ranking score from the two views' best scores (default mean)")
+    g.add_argument("--review-scales", type=float, nargs="+", metavar="X",
+                   help="mine at these input sizes, as multiples of --image-size, their boxes "
+                        "joined per view before grouping (default 1; e.g. 1 1.6 also finds "
+                        "small objects, for 1 + 1.6^2 times the mining time)")
     g.add_argument("--label-iou", type=float, metavar="IOU",
                    help="an object overlapping an annotation of any class at this IoU is not a "
                         "missing object (default 0.5)")
@@ -25,7 +29,8 @@ def review_mining_from_args(args, base=None):
 
     changes = {name: getattr(args, arg) for name, arg in (
         ("score_floor", "review_score_floor"), ("max_objects", "review_max_objects"),
-        ("rank", "review_rank"), ("label_iou", "label_iou")) if getattr(args, arg, None) is not None}
+        ("rank", "review_rank"), ("label_iou", "label_iou"), ("scales", "review_scales"))
+        if getattr(args, arg, None) is not None}
     review = dataclasses.replace(base or ReviewMining(), **changes)
     review.validate()
     return review

@@ -433,9 +433,9 @@ def _wire_run(ui, ctx: Ctx) -> None:
     @_guard
     def on_tick(known, st):
         # reads the page's state, never writes it: a tick racing a decision must not undo it
-        line = ctx.retrainer.line()
+        line, busy = ctx.retrainer.poll()
         cks = run.checkpoints()
-        if st.get("checkpoint") is not None and not ctx.retrainer.busy():
+        if st.get("checkpoint") is not None and not busy:
             advice = retrain_advice(*review.recent_yield(run, st["checkpoint"], RETRAIN_WINDOW),
                                     review.untrained_decisions(run))
             line += f"\n\n{advice}" if advice else ""

@@ -58,17 +58,13 @@ class Retrainer:
             return (f"⏳ Retraining with your decisions in the background (log: {self.log}); "
                     f"keep reviewing: its checkpoints appear here when they are mined.")
 
-    def busy(self) -> bool:
-        """A round (or round 0) is training: this app's, or one started anywhere."""
-        if self._proc is not None and self._proc.poll() is None:
-            return True
+    def poll(self) -> tuple[str, bool]:
+        """(what the run is doing: training from anywhere, or this app's last round; whether
+        a round, or round 0, is training now), from one read of the run's status."""
         now = status.read(self.run_dir)
-        return bool(now and now["alive"])
-
-    def line(self) -> str:
-        """What the run is doing (training from anywhere, or this app's last round)."""
         proc = self._proc
-        if proc is not None and proc.poll() is not None:
-            if proc.returncode != 0:
-                return f"❌ Retraining failed: {_last_line(self.log)} (log: {self.log})"
-        return status.describe(status.read(self.run_dir))
+        running = proc is not None and proc.poll() is None
+        busy = running or bool(now and now["alive"])
+        if proc is not None and not running and proc.returncode != 0:
+            return f"❌ Retraining failed: {_last_line(self.log)} (log: {self.log})", busy
+        return status.describe(now), busy

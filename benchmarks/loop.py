@@ -205,12 +205,13 @@ def val_ap(run_dir: Path, data: Path, checkpoint: int) -> float:
 def mine_at_scales(run: Path, scales: tuple[float, ...]) -> None:
     """Make a copied run mine for review at these input sizes: its config (which refine
     rounds inherit) and its last checkpoint, mined again."""
-    from comining.config import ReviewMining
+    import dataclasses
+
     from comining.engine import load_run_config, mine_checkpoint
     from comining.fileio import atomic_write_json
 
     config = load_run_config(run)
-    config.review = ReviewMining(**{**config.review.as_dict(), "scales": tuple(scales)})
+    config.review = dataclasses.replace(config.review, scales=tuple(scales))
     atomic_write_json(run / "config.json", config.as_dict())
     mine_checkpoint(run, "last", review=config.review, device="cpu")
 
@@ -437,17 +438,16 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing (but --finish): rewrite NAME.md from NAME.json")
     args = p.parse_args(argv)
+    tag = "" if args.name == "loop" else f"_{args.name}"   # work folders: loop_<method><tag>
     if args.report_only:
         saved = json.loads((args.out / f"{args.name}.json").read_text())
         if args.finish:
             from comining.fileio import read_json
             hidden = read_json(args.work / "demo" / "data" / "annotations" / "train_hard_hidden.json")
-            tag = "" if args.name == "loop" else f"_{args.name}"
             for method, res in saved["loops"].items():
                 if not res.get("finish"):
                     res["finish"] = finish_last_queue(args.work / f"loop_{method}{tag}" / "run", hidden)
         if args.reestimate:
-            tag = "" if args.name == "loop" else f"_{args.name}"
             for method, res in saved["loops"].items():
                 reestimate(args.work / f"loop_{method}{tag}" / "run", res["rounds"])
             saved["meta"]["estimates"] = f"recomputed at commit {git_commit()}"
@@ -468,7 +468,6 @@ def main(argv=None) -> int:
         data, run0 = round0_run(method, args.work)
         if shot is None:
             shot = one_shot(data, run0, args.work) if method == "comining" else None
-        tag = "" if args.name == "loop" else f"_{args.name}"
         loops[method] = run_loop(method, data, run0, args.work, rounds=args.rounds, iters=args.iters,
                                  stop_below=args.stop_below, tag=tag, scales=args.review_scales)
         if args.finish:

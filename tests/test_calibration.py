@@ -185,3 +185,20 @@ def test_the_run_says_it_is_training_before_its_first_logged_iteration(small_dat
     assert writes == [("training", 0, False), ("training", 3, True), ("training", 4, True),
                       ("finished", 4, False)]
     assert status.read(tmp_path / "run")["state"] == "finished"
+
+
+def test_evaluate_says_which_part_of_the_estimate_is_extrapolated(capsys):
+    """print_remaining by hand: the extrapolated part gets its own line when pending
+    objects score below every decided one, and none when none do."""
+    from comining.cli.evaluate import print_remaining
+
+    rem = {"checkpoint": 7, "estimate": 12.4, "decisions": 40, "extrapolated": 9.6,
+           "pending_below_decided": 300, "lowest_decided_score": 0.31,
+           "estimate_per_class": {"1": 12.4}, "names": {"1": "disc"}}
+    print_remaining(rem)
+    out = capsys.readouterr().out
+    assert "at checkpoint 7: about 12 (estimated from 40 decisions)" in out
+    assert ("of which about 10 are extrapolated to the 300 pending objects scoring below any "
+            "decided (0.31): a rough guess") in out
+    print_remaining(dict(rem, extrapolated=0.0, pending_below_decided=0))
+    assert "extrapolated" not in capsys.readouterr().out

@@ -144,8 +144,9 @@ def run_job(spec: dict) -> dict:
     from comining.coco import load_coco_json
     from comining.config import TrainConfig
     from comining.engine import train
-    from comining.evaluate import (cleanlab_overlooked, coco_ap, fiftyone_missing,
-                                   mining_quality, mining_scores)
+    from comining.anchors import cleanlab_overlooked, fiftyone_missing
+    from comining.detection_ap import coco_ap
+    from comining.mining_quality import mining_quality, mining_scores
     from comining.errors import CominingError
     from comining.predict import predict_dataset
 

@@ -172,7 +172,7 @@ def co_generation_queue(raw, labels: Labels, *, score: float, nms_iou: float,
 
     from comining.cogeneration import co_generate
     from comining.config import MiningThresholds
-    from comining.evaluate import select
+    from comining.mining_quality import select
 
     th = MiningThresholds(score_thresh=score, nms_iou=nms_iou)
     boxes_out = []
@@ -256,7 +256,7 @@ def product_queue(raw, labels: Labels, review, sparse: dict) -> list[dict]:
 def anchor_queues(raw_test, labels: Labels, sparse: dict) -> dict:
     """The anchors on the original view's test-time detections (what a user feeds them)."""
     from comining.errors import CominingError
-    from comining.evaluate import cleanlab_overlooked, datumaro_missing, fiftyone_missing
+    from comining.anchors import cleanlab_overlooked, datumaro_missing, fiftyone_missing
 
     preds = [{"image_id": im, "bbox": b.tolist(), "category_id": int(c), "score": float(s)}
              for im, views in raw_test.items()

@@ -16,7 +16,7 @@ Measured side by side in one process, on the same detector object and the same b
                      one backbone+head forward over 2B images, co-generation, two losses);
   mining             `comining.mining.mine_dataset` end to end (both views, inference,
                      candidates built) over an in-memory dataset: image decoding excluded;
-  eval               `comining.evaluate.coco_ap` on 5000 synthetic images (~7 boxes each,
+  eval               `comining.detection_ap.coco_ap` on 5000 synthetic images (~7 boxes each,
                      80 classes) with 100 detections per image, end to end.
 
 Every training mode runs the engine's loop body: the step, a finiteness check, zero_grad,
@@ -484,17 +484,17 @@ def resolve_evaluator():
     machine: faster-coco-eval, if importable, stands in for it."""
     try:
         import pycocotools  # noqa: F401
-        from comining.evaluate import coco_ap
+        from comining.detection_ap import coco_ap
         from importlib.metadata import version
-        return coco_ap, f"comining.evaluate.coco_ap (pycocotools {version('pycocotools')})"
+        return coco_ap, f"comining.detection_ap.coco_ap (pycocotools {version('pycocotools')})"
     except ImportError:
         pass
     try:
         import faster_coco_eval
         if hasattr(faster_coco_eval, "init_as_pycocotools"):
             faster_coco_eval.init_as_pycocotools()  # `import pycocotools` now gives faster-coco-eval
-            from comining.evaluate import coco_ap
-            return coco_ap, (f"comining.evaluate.coco_ap over faster-coco-eval "
+            from comining.detection_ap import coco_ap
+            return coco_ap, (f"comining.detection_ap.coco_ap over faster-coco-eval "
                              f"{getattr(faster_coco_eval, '__version__', '?')} (as pycocotools)")
     except ImportError:
         pass
@@ -792,7 +792,7 @@ def write_markdown(path: Path, s: dict) -> None:
               "are already on the device.",
               "- Mining is `comining.mining.mine_dataset` end to end (loader, both views, co-generation, "
               "agreement, candidate dicts) over an in-memory dataset: only image decoding and resizing are excluded.",
-              "- Evaluation is `comining.evaluate.coco_ap` end to end (input checks, index, evaluate, accumulate).",
+              "- Evaluation is `comining.detection_ap.coco_ap` end to end (input checks, index, evaluate, accumulate).",
               "- `tests/test_equivalence.py` checks that our Siamese layer (DenseForward + view_loss / "
               "view_detections) gives torchvision's own losses and detections in fp32.", ""]
     path.write_text("\n".join(lines))

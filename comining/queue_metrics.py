@@ -21,7 +21,8 @@ from typing import Iterable
 
 import numpy as np
 
-from comining.evaluate import _curve, match_boxes, xywh_to_xyxy
+from comining.matching import match_boxes, xywh_to_xyxy
+from comining.mining_quality import pr_curve
 
 EFFORTS = (0.5, 1.0, 2.0)     # items reviewed, per erased label
 LEVELS = ("object", "class")
@@ -79,7 +80,7 @@ def queue_scores(objects: Iterable[dict], sparse: dict, hidden: dict, *,
     rank = -np.arange(len(queue), dtype=np.float64)   # distinct: one curve point per item
     for level in LEVELS:
         hit = found(queue, erased, class_aware=level == "class", iou_thresh=iou_thresh)
-        _, ap, r_p90 = _curve(rank, hit, hit, n_erased)
+        _, ap, r_p90 = pr_curve(rank, hit, hit, n_erased)
         cum = np.cumsum(hit)
         found_at = {}
         for f in EFFORTS:

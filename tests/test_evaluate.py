@@ -1,4 +1,5 @@
-"""Evaluators on hand-made cases with known answers; `comining evaluate` end to end."""
+"""The evaluators (matching, detection_ap, mining_quality, anchors) on hand-made cases with
+known answers; `comining evaluate` end to end."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import pytest
 from comining import store
 from comining.cli import main
 from comining.errors import CominingError, InputError
-from comining.evaluate import (
-    AP_KEYS, SELECTIONS, coco_ap, fiftyone_missing, match_boxes, mining_quality, mining_scores,
-    select, xywh_to_xyxy,
-)
+from comining.anchors import fiftyone_missing
+from comining.detection_ap import AP_KEYS, coco_ap
+from comining.matching import match_boxes, xywh_to_xyxy
+from comining.mining_quality import SELECTIONS, mining_quality, mining_scores, select
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -262,7 +263,7 @@ def test_fiftyone_rule_confident_and_unmatched_at_any_class():
 
 
 def test_cleanlab_missing_is_a_clear_error(monkeypatch):
-    from comining.evaluate import cleanlab_overlooked
+    from comining.anchors import cleanlab_overlooked
     monkeypatch.setitem(sys.modules, "cleanlab", None)
     monkeypatch.setitem(sys.modules, "cleanlab.object_detection.rank", None)
     with pytest.raises(CominingError, match="pip install cleanlab"):
@@ -272,7 +273,7 @@ def test_cleanlab_missing_is_a_clear_error(monkeypatch):
 
 def test_cleanlab_scores_a_confident_box_away_from_labels():
     pytest.importorskip("cleanlab.object_detection.rank")
-    from comining.evaluate import cleanlab_overlooked
+    from comining.anchors import cleanlab_overlooked
     coco = gt_dict({1: [(3, [10, 10, 40, 40])], 2: [(8, [10, 10, 40, 40])]})
     preds = [{"image_id": 1, "category_id": 3, "bbox": [120, 120, 40, 40], "score": 0.99},
              {"image_id": 1, "category_id": 3, "bbox": [12, 12, 40, 40], "score": 0.99},

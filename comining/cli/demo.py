@@ -40,7 +40,7 @@ def checkpoint_summary(run_dir, sparse: dict, hidden: dict) -> list[dict]:
     scored against the labels the split erased (the demo knows them: it is how a user
     can trust what is mined)."""
     from comining import store
-    from comining.evaluate import mining_quality, mining_scores
+    from comining.mining_quality import mining_quality, mining_scores
     from comining.queue_metrics import queue_quality, queue_scores
 
     conn = store.connect(run_dir / store.STORE_NAME)

@@ -99,7 +99,7 @@ def run_training_set(run_dir: Path) -> tuple[str, str | None]:
 def detection_ap(run_dir: Path, images: str, ann: str, checkpoint, device: str,
                  batch_size: int) -> dict:
     from comining.coco import load_coco_json
-    from comining.evaluate import coco_ap
+    from comining.detection_ap import coco_ap
     from comining.predict import predict_dataset
 
     if not Path(images).is_dir():
@@ -136,7 +136,7 @@ def mining(run_dir: Path, hidden_path: str, checkpoint) -> tuple[dict, dict, dic
     the training set's kept annotations, the erased ones)."""
     from comining import store
     from comining.coco import load_coco_json
-    from comining.evaluate import SELECTIONS, mining_quality, mining_scores
+    from comining.mining_quality import SELECTIONS, mining_quality, mining_scores
     from comining.queue_metrics import queue_quality, queue_scores
 
     ann_path, _ = run_training_set(run_dir)
@@ -172,7 +172,8 @@ def mining(run_dir: Path, hidden_path: str, checkpoint) -> tuple[dict, dict, dic
 def anchors(run_dir: Path, sparse: dict, hidden: dict, checkpoint, device: str,
             batch_size: int) -> dict:
     from comining.errors import CominingError
-    from comining.evaluate import cleanlab_overlooked, fiftyone_missing, mining_scores
+    from comining.anchors import cleanlab_overlooked, fiftyone_missing
+    from comining.mining_quality import mining_scores
     from comining.predict import predict_dataset
 
     ann_path, images_dir = run_training_set(run_dir)
@@ -189,7 +190,7 @@ def anchors(run_dir: Path, sparse: dict, hidden: dict, checkpoint, device: str,
 
 
 def print_ap(result: dict, checkpoint) -> None:
-    from comining.evaluate import AP_KEYS
+    from comining.detection_ap import AP_KEYS
 
     print(f"detection on {result['n_images']} images, {result['n_annotations']} annotations, "
           f"{result['n_detections']} detections (checkpoint {checkpoint or 'last'}):")

@@ -60,7 +60,8 @@ def round0_run(method: str, work: Path) -> tuple[Path, Path]:
     from benchmarks.mining import SETTINGS, prepare
     from comining.cli.demo import CPU_SETTINGS
     from comining.config import TrainConfig
-    from comining.engine import list_checkpoints, train
+    from comining.checkpoints import list_checkpoints
+    from comining.engine import train
 
     paths = prepare("demo", SETTINGS["demo"], work)
     data = paths["sparse"].parents[1]
@@ -207,7 +208,8 @@ def mine_at_scales(run: Path, scales: tuple[float, ...]) -> None:
     rounds inherit) and its last checkpoint, mined again."""
     import dataclasses
 
-    from comining.engine import load_run_config, mine_checkpoint
+    from comining.checkpoints import load_run_config
+    from comining.engine import mine_checkpoint
     from comining.fileio import atomic_write_json
 
     config = load_run_config(run)

@@ -69,7 +69,8 @@ def prepare(name: str, spec: dict, work: Path, *, train_missing: bool = True) ->
     """Generate, sparsify (hard) and train what is missing; returns the paths."""
     from comining.cli.demo import CPU_SETTINGS
     from comining.config import TrainConfig
-    from comining.engine import list_checkpoints, train
+    from comining.checkpoints import list_checkpoints
+    from comining.engine import train
     from comining.fileio import atomic_write_json, read_json
     from comining.sparsify import sparsify
     from comining.synth import generate
@@ -367,7 +368,7 @@ def main(argv=None) -> int:
     import torch
 
     from comining.config import TrainConfig
-    from comining.engine import list_checkpoints
+    from comining.checkpoints import list_checkpoints
     from comining.fileio import atomic_write_json, read_json
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

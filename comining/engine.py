@@ -1,18 +1,16 @@
 """The training loop: co-mining (or a baseline) with checkpoints, resume and mining.
 
 Run directory:
-  config.json             the full TrainConfig
-  checkpoints/iter_*.pt   {"model": stock torchvision state dict, "optimizer", "scheduler",
-                           "iteration", "rng", "config", "categories"}
+  config.json, checkpoints/iter_*.pt   the run's saved state (comining.checkpoints)
   metrics.jsonl           one json line per logging step
   comining.sqlite         the mined candidates and review decisions (comining.store)
+  status.json             what the run is doing now (comining.status)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -23,62 +21,19 @@ import torch.distributed as dist
 
 from comining import status, store
 from comining.augment import make_view_augmenter
+from comining.checkpoints import (first_sentence, list_checkpoints, load_checkpoint,
+                                  load_model_state, load_run_config, resolve_checkpoint,
+                                  save_checkpoint, set_rng_state)
 from comining.coco import CocoDataset, attach_rejected, load_coco
 from comining.config import MiningThresholds, ReviewMining, TrainConfig
 from comining.data import DetectionDataset, TrainingSampler, make_loader
+from comining.device import precision, resolve_device
 from comining.errors import CominingError, InputError
 from comining.fileio import atomic_write_bytes
 from comining.mining import gather_candidates, mine_dataset, record
 from comining.model import (DenseForward, DenseNet, build_detector, check_init_fits,
-                            fetch_init_weights, init_variant, init_weights_by_name, load_init,
-                            safe_load)
+                            fetch_init_weights, init_variant, init_weights_by_name, load_init)
 from comining.siamese import training_step
-
-CHECKPOINT_RE = re.compile(r"iter_(\d+)\.pt$")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, "--device cuda asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    found = []
-    for p in (run_dir / "checkpoints").glob("iter_*.pt"):
-        m = CHECKPOINT_RE.search(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def resolve_checkpoint(run_dir: Path, which: str | int = "last") -> tuple[int, Path]:
-    """'last' or an iteration number -> (iteration, path) of a saved checkpoint."""
-    found = list_checkpoints(Path(run_dir))
-    if not found:
-        raise InputError(run_dir, "this run has no checkpoint yet")
-    if which in ("last", None):
-        return found[-1]
-    have = ", ".join(str(i) for i, _ in found)
-    try:
-        wanted = int(which)
-    except (TypeError, ValueError):
-        raise InputError(run_dir, f"checkpoint {which!r} is not 'last' or an iteration; have {have}") from None
-    for it, p in found:
-        if it == wanted:
-            return it, p
-    raise InputError(run_dir, f"no checkpoint at iteration {which}; have {have}")
-
-
-def precision(config: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, channels_last) of a run on `device`: "auto" is on for CUDA
-    only; "bf16" / "on" are honoured on the CPU too (how the GPU path is tested there)."""
-    cuda = device.type == "cuda"
-    amp = config.amp == "bf16" or (config.amp == "auto" and cuda)
-    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
-    return (torch.bfloat16 if amp else None), channels_last
 
 
 def lr_factor(it: int, config: TrainConfig) -> float:
@@ -145,86 +100,6 @@ class RunContext:
         state = load_checkpoint(path)
         load_model_state(self.detector, state["model"], path, self.config)
         return state
-
-
-def load_run_config(run_dir: Path) -> TrainConfig:
-    """RUN_DIR/config.json as a TrainConfig; a missing, half-written or foreign file (another
-    comining version: unknown or mistyped settings) is an InputError naming the file."""
-    cfg_path = Path(run_dir) / "config.json"
-    if not cfg_path.is_file():
-        raise InputError(run_dir, "not a comining run directory (no config.json)")
-    try:
-        return TrainConfig.load(cfg_path)
-    except InputError as exc:
-        if exc.path is not None:
-            raise
-        raise InputError(cfg_path, exc.problem) from None
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise InputError(cfg_path, f"not a run config of this comining version "
-                                   f"({type(exc).__name__}: {_first_sentence(exc)})") from None
-
-
-def _first_sentence(exc: BaseException) -> str:
-    """The first line of an exception message, cut at its first sentence (torch's
-    messages run on for lines of advice)."""
-    text = (str(exc).strip().splitlines() or [""])[0]
-    head, sep, _ = text.partition(". ")
-    return head + ("." if sep else "")
-
-
-def load_model_state(detector: torch.nn.Module, state_dict: dict, path: Path,
-                     config: TrainConfig) -> None:
-    """Load a checkpoint's weights; a checkpoint of another model (another backbone,
-    width or number of classes than config.json says) is an InputError, not a page of
-    missing keys."""
-    try:
-        detector.load_state_dict(state_dict)
-    except RuntimeError:
-        own = detector.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        shapes = [k for k in own if k in state_dict and hasattr(state_dict[k], "shape")
-                  and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-        raise InputError(path, f"does not fit the run's model ({config.detector}, "
-                               f"{config.backbone}, fpn {config.fpn_channels}): "
-                               f"{len(missing)} missing, {len(unexpected)} unexpected and "
-                               f"{len(shapes)} mis-shaped weights (was config.json edited, or the "
-                               f"checkpoint copied from another run?)") from None
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A run's checkpoint, read safely (weights_only: tensors and plain types; everything
-    save_checkpoint writes is such, so resume needs no allow-list)."""
-    state = safe_load(path, "checkpoint")
-    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
-        raise InputError(path, "not a comining checkpoint")
-    return state
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def save_checkpoint(ctx: RunContext, iteration: int, optimizer, scheduler) -> Path:
-    import io
-
-    path = ctx.run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
-    buf = io.BytesIO()
-    torch.save({"model": ctx.detector.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "iteration": iteration,
-                "rng": _rng_state(ctx.device), "config": ctx.config.as_dict(),
-                "categories": ctx.coco.raw["categories"]}, buf)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def _prepare_init(config: TrainConfig, run_dir: Path, existing: list) -> None:
@@ -295,7 +170,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             return _train(config, resume, progress, held)
         except Exception as exc:
             if status.holds_lock(config.run):     # this process was training the run
-                _status(config, "failed", error=_first_sentence(exc))
+                _status(config, "failed", error=first_sentence(exc))
             raise
 
 
@@ -361,7 +236,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
         load_model_state(ctx.detector, state["model"], path, config)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"], device)
+        set_rng_state(state["rng"], device)
         start = state["iteration"]
         if ddp.main:
             _truncate_metrics(run_dir / "metrics.jsonl", start)
@@ -456,7 +331,9 @@ def _bar_label(config: TrainConfig) -> str:
 def _checkpoint_and_mine(ctx: RunContext, iteration: int, optimizer, scheduler, bar) -> Path:
     path = None
     if ctx.ddp.main:
-        path = save_checkpoint(ctx, iteration, optimizer, scheduler)
+        path = save_checkpoint(ctx.run_dir, iteration, detector=ctx.detector, optimizer=optimizer,
+                           scheduler=scheduler, device=ctx.device, config=ctx.config,
+                           categories=ctx.coco.raw["categories"])
     path = path or ctx.run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
     if ctx.config.mine:
         _mine(ctx, iteration, path, bar)

@@ -8,8 +8,8 @@ import torch
 
 from comining.coco import load_coco
 from comining.data import DetectionDataset, boxes_to_original, make_loader
-from comining.engine import (load_checkpoint, load_model_state, load_run_config, precision,
-                             resolve_checkpoint, resolve_device)
+from comining.checkpoints import load_checkpoint, load_model_state, load_run_config, resolve_checkpoint
+from comining.device import precision, resolve_device
 from comining.errors import InputError
 from comining.model import DenseForward, build_detector, view_detections
 

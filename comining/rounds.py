@@ -113,7 +113,8 @@ def refine(run_dir, *, iters: int | None = None, checkpoint_every: int | None = 
     """Start the run's next round (or, with resume, finish a killed one) and train it.
     `before_training(config)` is called once the round is recorded. Returns its config."""
     from comining import review
-    from comining.engine import list_checkpoints, load_run_config, train
+    from comining.checkpoints import list_checkpoints, load_run_config
+    from comining.engine import train
 
     run_dir = Path(run_dir)
     base = load_run_config(run_dir)

@@ -40,7 +40,7 @@ def test_demo_serves_the_app_while_it_trains_and_ctrl_c_stops_both(tmp_path):
     import urllib.request
 
     from comining import status
-    from comining.engine import list_checkpoints
+    from comining.checkpoints import list_checkpoints
     from conftest import REPO
     from review_fixtures import free_port
 

@@ -11,7 +11,8 @@ import torch
 
 from comining import siamese, store
 from comining.config import METHODS, MiningThresholds, ReviewMining, TrainConfig
-from comining.engine import list_checkpoints, load_checkpoint, train
+from comining.checkpoints import list_checkpoints, load_checkpoint
+from comining.engine import train
 from comining.errors import CominingError, InputError
 from conftest import assert_clean_error, run_cli, write_json
 
@@ -342,7 +343,7 @@ def test_init_from_another_backbone_is_refused(tmp_path):
 
 
 def test_resolve_checkpoint_names_what_exists(tiny_dataset, tmp_path):
-    from comining.engine import resolve_checkpoint
+    from comining.checkpoints import resolve_checkpoint
 
     run = train(tiny_config(tiny_dataset, tmp_path / "run", iters=2, checkpoint_every=1), progress=False)
     assert resolve_checkpoint(run, "last")[0] == 2

@@ -25,7 +25,8 @@ import torch
 
 from comining import export, review, store
 from comining.cli import main
-from comining.engine import list_checkpoints, load_checkpoint, train
+from comining.checkpoints import list_checkpoints, load_checkpoint
+from comining.engine import train
 from conftest import REPO, assert_clean_error, run_cli, seconds_run_config
 from review_fixtures import make_run
 from test_hardening_server import RawClient, decide_loop, start_app, stop_app

@@ -17,7 +17,8 @@ import torchvision.models._api as tv_api
 from torchvision.models import detection as tvd
 
 from comining.cli import main
-from comining.engine import list_checkpoints, load_checkpoint, train
+from comining.checkpoints import list_checkpoints, load_checkpoint
+from comining.engine import train
 from comining.errors import InputError
 from comining.model import build_detector, init_weights_by_name, load_init
 from test_engine import tiny_config

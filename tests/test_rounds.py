@@ -18,7 +18,8 @@ from comining.cli import main
 from comining.coco import attach_rejected, load_coco
 from comining.config import TrainConfig
 from comining.data import collate
-from comining.engine import RunContext, list_checkpoints, train
+from comining.checkpoints import list_checkpoints
+from comining.engine import RunContext, train
 from comining.siamese import training_step
 from comining.augment import make_view_augmenter
 from conftest import assert_clean_error, run_cli, seconds_run_config, sha256

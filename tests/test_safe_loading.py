@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from comining.cli import main
-from comining.engine import list_checkpoints, load_checkpoint
+from comining.checkpoints import list_checkpoints, load_checkpoint
 
 torch.set_num_threads(2)
 

@@ -78,7 +78,8 @@ def run(args) -> int:
     import torch
 
     from comining.config import TrainConfig
-    from comining.engine import list_checkpoints, train
+    from comining.checkpoints import list_checkpoints
+    from comining.engine import train
     from comining.fileio import atomic_write_json, read_json
     from comining.sparsify import sparsify
     from comining.synth import generate

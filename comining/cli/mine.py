@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from comining.config import MiningThresholds
-    from comining.engine import load_run_config
+    from comining.checkpoints import load_run_config
     from comining.engine import mine_checkpoint
 
     config = load_run_config(args.run)

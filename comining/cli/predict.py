@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from comining.engine import load_run_config
+    from comining.checkpoints import load_run_config
     from comining.fileio import atomic_write_json, refuse_overwrite
     from comining.predict import predict_dataset
 

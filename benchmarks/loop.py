@@ -203,9 +203,9 @@ def val_ap(run_dir: Path, data: Path, checkpoint: int) -> float:
 # ----------------------------------------------------------------------------- arms
 
 
-def mine_at_scales(run: Path, scales: tuple[float, ...]) -> None:
-    """Make a copied run mine for review at these input sizes: its config (which refine
-    rounds inherit) and its last checkpoint, mined again."""
+def mine_for_review(run: Path, changes: dict) -> None:
+    """Make a copied run mine for review with these ReviewMining settings (scales, flip):
+    its config (which refine rounds inherit) and its last checkpoint, mined again."""
     import dataclasses
 
     from comining.checkpoints import load_run_config
@@ -213,13 +213,13 @@ def mine_at_scales(run: Path, scales: tuple[float, ...]) -> None:
     from comining.fileio import atomic_write_json
 
     config = load_run_config(run)
-    config.review = dataclasses.replace(config.review, scales=tuple(scales))
+    config.review = dataclasses.replace(config.review, **changes)
     atomic_write_json(run / "config.json", config.as_dict())
     mine_checkpoint(run, "last", review=config.review, device="cpu")
 
 
 def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, iters: int,
-             stop_below: float, tag: str = "", scales: tuple[float, ...] | None = None) -> dict:
+             stop_below: float, tag: str = "", review: dict | None = None) -> dict:
     from comining import store
     from comining.fileio import read_json
     from comining.rounds import refine
@@ -228,8 +228,8 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
     run = work / f"loop_{method}{tag}" / "run"
     shutil.rmtree(run.parent, ignore_errors=True)
     shutil.copytree(run0, run)
-    if scales:
-        mine_at_scales(run, scales)
+    if review:
+        mine_for_review(run, review)
     oracle = Oracle(hidden)
     curve: list[int] = []       # erased labels found after each decision
     rows = []
@@ -307,8 +307,9 @@ def finish_last_queue(run: Path, hidden: dict) -> dict:
             "curve": (start + np.cumsum(decisions)).astype(int).tolist()}
 
 
-def one_shot(data: Path, run0: Path, work: Path) -> dict:
-    """The oracle on round 0's whole queue, no retraining: found after each decision."""
+def one_shot(data: Path, run0: Path, work: Path, review: dict | None = None) -> dict:
+    """The oracle on round 0's whole queue (mined with the `review` settings changed, if
+    given), no retraining: found after each decision."""
     from comining import store
     from comining.fileio import read_json
 
@@ -316,6 +317,8 @@ def one_shot(data: Path, run0: Path, work: Path) -> dict:
     run = work / "one_shot" / "run"
     shutil.rmtree(run.parent, ignore_errors=True)
     shutil.copytree(run0, run)
+    if review:
+        mine_for_review(run, review)
     conn = store.connect(run / store.STORE_NAME)
     checkpoint = store.checkpoints(conn)[-1]["iteration"]
     conn.close()
@@ -353,6 +356,19 @@ def _error(estimate, truth) -> str:
     return f"{(estimate - truth) / truth:+.0%}"
 
 
+def review_line(meta: dict) -> str:
+    """How round 0's last checkpoint and every round were mined for review, if not as by
+    default."""
+    scales = meta.get("review_scales", [1.0])
+    how = [f"at {' and '.join(f'{x:g}x' for x in scales)} the training size"] if scales != [1.0] else []
+    how += ["plain and mirrored"] if meta.get("review_flip") else []
+    if not how:
+        return ""
+    shot = "" if meta.get("one_shot_review") is None else (
+        "; one-shot's queue mined so too" if meta["one_shot_review"] else "; one-shot's queue as by default")
+    return f"; mined for review {', '.join(how)} (round 0's last checkpoint mined again so{shot})"
+
+
 def report(loops: dict, shot: dict, meta: dict) -> list[str]:
     n = shot["n_erased"]
     goal = int(np.ceil(TARGET * n))
@@ -362,9 +378,7 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
              f"Oracle annotator; a round stops when fewer than {meta['stop_below']:.0%} of its last "
              f"{WINDOW} decisions were accepts; refine rounds of {meta['iters']} iterations "
              f"(round 0: {meta['round0_iters']})"
-             + (f"; mined for review at {' and '.join(f'{x:g}x' for x in meta['review_scales'])} "
-                f"the training size (round 0's last checkpoint mined again so)"
-                if meta.get("review_scales", [1.0]) != [1.0] else "")
+             + review_line(meta)
              + f". {n} erased labels; the target is {goal} ({TARGET:.0%}).", ""]
     for method, res in loops.items():
         lines += [f"## Loop, method `{method}`", "",
@@ -434,6 +448,8 @@ def main(argv=None) -> int:
     p.add_argument("--review-scales", type=float, nargs="+", metavar="X",
                    help="mine for review at these input sizes (ReviewMining.scales): round 0's "
                         "last checkpoint again, and every refine round")
+    p.add_argument("--review-flip", action="store_true",
+                   help="also mine the mirrored images for review (ReviewMining.flip)")
     p.add_argument("--one-shot-from", metavar="NAME",
                    help="reuse the one-shot arm of benchmarks/results/NAME.json (it depends on "
                         "round 0 only) instead of reviewing round 0's whole queue again")
@@ -462,6 +478,8 @@ def main(argv=None) -> int:
     from comining.cli.demo import CPU_SETTINGS
 
     args.work.mkdir(parents=True, exist_ok=True)
+    review = {k: v for k, v in (("scales", tuple(args.review_scales or ())),
+                                ("flip", args.review_flip)) if v} or None
     loops, shot = {}, None
     if args.one_shot_from:
         shot = json.loads((args.out / f"{args.one_shot_from}.json").read_text())["one_shot"]
@@ -469,9 +487,9 @@ def main(argv=None) -> int:
     for method in args.methods:
         data, run0 = round0_run(method, args.work)
         if shot is None:
-            shot = one_shot(data, run0, args.work) if method == "comining" else None
+            shot = one_shot(data, run0, args.work, review) if method == "comining" else None
         loops[method] = run_loop(method, data, run0, args.work, rounds=args.rounds, iters=args.iters,
-                                 stop_below=args.stop_below, tag=tag, scales=args.review_scales)
+                                 stop_below=args.stop_below, tag=tag, review=review)
         if args.finish:
             from comining.fileio import read_json
             hidden = read_json(data / "annotations" / "train_hard_hidden.json")
@@ -479,13 +497,14 @@ def main(argv=None) -> int:
                                                         hidden)
     if shot is None:
         data, run0 = round0_run("comining", args.work)
-        shot = one_shot(data, run0, args.work)
+        shot = one_shot(data, run0, args.work, review)
     meta = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": git_commit(), "hardware": f"{cpu_name()}, CPU only",
             "setting": "comining demo's data (300 images 256 px, 4 classes), hard split, "
                        "FCOS MobileNetV3 at 160 px (the demo's CPU recipe)",
             "iters": args.iters, "round0_iters": CPU_SETTINGS["iters"],
-            "review_scales": args.review_scales or [1.0],
+            "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
+            "one_shot_review": None if review is None else not args.one_shot_from,
             "window": WINDOW, "stop_below": args.stop_below, "wall_s": round(time.perf_counter() - t0)}
     lines = report(loops, shot, meta)
     print("\n".join(lines))

@@ -82,6 +82,10 @@ class ReviewMining:
                                   # size; every size's boxes of a view join before grouping
                                   # (multi-scale test-time mining: a larger size finds
                                   # small objects the training size misses)
+    flip: bool = False            # also mine each size's horizontal mirror image, its boxes
+                                  # mirrored back and joined per view (test-time flip: the
+                                  # detector trains on flips, and a mirrored image gives
+                                  # it a second look at every object)
 
     def __post_init__(self):
         self.scales = tuple(float(s) for s in self.scales)   # a list when read from json

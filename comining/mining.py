@@ -14,7 +14,9 @@ checkpoint's candidates and objects are written in one transaction: all or nothi
 With `ReviewMining.scales` the images are also mined at other input sizes (multi-scale
 test-time mining): every size's boxes of a view, mapped to original pixels, join before
 grouping, so one object seen at two sizes is one object. A detector trained at a small
-size misses small objects there and finds some of them at a larger size.
+size misses small objects there and finds some of them at a larger size. With
+`ReviewMining.flip` each size is also mined on the mirrored images (test-time flip), the
+boxes mirrored back and joined the same way.
 
 Boxes thinner than MIN_SIDE original pixels are not candidates: an early or weak detector
 emits many such slivers (its regressed sides collapse), nobody can review them, and
@@ -51,16 +53,18 @@ MIN_SIDE = 1.0   # original pixels, each way
 def detect_views(dense: DenseForward, dataset: DetectionDataset, *, score_thresh: float,
                  nms_iou: float, max_per_image: int, augment: str, device: torch.device,
                  batch_size: int, num_workers: int, seed: int, rank: int = 0,
-                 world_size: int = 1, class_score: bool = True) -> Iterator[tuple]:
+                 world_size: int = 1, class_score: bool = True,
+                 flip: bool = False) -> Iterator[tuple]:
     """Yield (image record, {view: (boxes (N, 4) xyxy in original pixels, labels (N,)
-    contiguous, scores (N,))}) for this rank's shard of `dataset`, both views.
+    contiguous, scores (N,))}) for this rank's shard of `dataset`, both views; with
+    `flip` the detector sees each image mirrored, its boxes mirrored back.
 
     Scores are the class scores co-generation uses (FCOS: before centerness; with
     class_score=False torchvision's test-time score, centerness included). The
     augmented view is drawn from a generator seeded by `seed`, without touching the
     training RNG, so mining a checkpoint twice gives the same boxes.
     """
-    indices = list(range(rank, len(dataset), world_size))
+    indices = [(i, flip) for i in range(rank, len(dataset), world_size)]
     loader = make_loader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                          num_workers=num_workers, pin_memory=device.type == "cuda",
                          generator=torch.Generator().manual_seed(seed))
@@ -163,23 +167,25 @@ def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: Min
     """
     review = review or ReviewMining()
 
-    def detect(ds):
+    def detect(ds, flip):
         return detect_views(dense, ds, score_thresh=review.score_floor,
                             nms_iou=review.nms_iou or thresholds.nms_iou,
                             max_per_image=review.max_per_view, augment=augment, device=device,
                             batch_size=batch_size, num_workers=num_workers, seed=seed, rank=rank,
-                            world_size=world_size, class_score=review.score == "class")
+                            world_size=world_size, class_score=review.score == "class", flip=flip)
 
-    # the other sizes first, held per image (boxes in original pixels), then joined with
-    # the last size's as it streams
-    *others, last = [dataset if s == 1 else DetectionDataset(dataset.coco, scaled_size(
+    # one pass per size (and mirror): the others first, held per image (boxes in original
+    # pixels), then joined with the last pass's as it streams
+    sized = [dataset if s == 1 else DetectionDataset(dataset.coco, scaled_size(
         dataset.image_size, s)) for s in review.scales]
+    *others, last = [(ds, flip) for ds in sized for flip in ((True, False) if review.flip
+                                                             else (False,))]
     held: dict[int, list[dict]] = defaultdict(list)
-    for ds in others:
-        for rec, dets in detect(ds):
+    for ds, flip in others:
+        for rec, dets in detect(ds, flip):
             held[rec.id].append(dets)
     out: list[dict] = []
-    for rec, dets in detect(last):
+    for rec, dets in detect(*last):
         for more in held.pop(rec.id, ()):
             dets = {v: tuple(torch.cat([a, b]) for a, b in zip(more[v], dets[v])) for v in VIEWS}
         out.extend(image_candidates(rec, dets, dataset.coco.categories, review,

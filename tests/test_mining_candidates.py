@@ -241,12 +241,56 @@ def test_other_scales_are_mined_at_their_size_and_join_each_view_before_grouping
     assert mining.scaled_size(96, 0.25) == 32
 
 
+def test_flip_mines_every_size_mirrored_too_and_joins_each_view(monkeypatch):
+    """flip with scales (2, 1): four passes, each size mirrored first; every pass's boxes
+    (original pixels: detect_views maps the mirrored ones back) join per view, so the same
+    object seen plain and mirrored is one object, and one only the mirrored pass saw is an
+    object of its own."""
+    from comining import mining
+    from comining.config import MiningThresholds
+    rec = SimpleNamespace(id=1, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                          crowd_boxes=np.zeros((0, 4), np.float32))
+    none = {"original": dets([], [], []), "augmented": dets([], [], [])}
+    passes = {(192, True): none, (192, False): none,
+              (96, True): {"original": dets([[10, 10, 50, 50], [60, 5, 70, 15]], [0, 1], [0.7, 0.4]),
+                           "augmented": dets([], [], [])},
+              (96, False): {"original": dets([[11, 10, 50, 50]], [0], [0.6]),
+                            "augmented": dets([[10, 11, 50, 50]], [0], [0.5])}}
+    seen = []
+
+    def fake_detect_views(dense, dataset, *, flip, **kwargs):
+        seen.append((dataset.image_size, flip))
+        yield rec, passes[dataset.image_size, flip]
+
+    monkeypatch.setattr(mining, "detect_views", fake_detect_views)
+    dataset = mining.DetectionDataset(SimpleNamespace(categories=CATEGORIES), 96)
+    out = mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.5, nms_iou=0.6),
+                              augment="color", device=torch.device("cpu"), batch_size=2,
+                              num_workers=0, seed=0, review=ReviewMining(scales=(2.0, 1.0), flip=True))
+    assert seen == [(192, True), (192, False), (96, True), (96, False)]
+    objects = {}
+    for c in out:
+        objects.setdefault(c["object"]["key"], []).append((c["view"], c["bbox"]))
+    assert sorted(objects.values(), key=len) == [
+        [("original", [60.0, 5.0, 10.0, 10.0])],
+        [("original", [10.0, 10.0, 40.0, 40.0]), ("original", [11.0, 10.0, 39.0, 40.0]),
+         ("augmented", [10.0, 11.0, 40.0, 39.0])]]
+    big = next(c["object"] for c in out if c["bbox"][0] == 11.0)
+    assert big["view_scores"] == pytest.approx([0.7, 0.5])   # each view's best over the passes
+    seen.clear()
+    mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.5, nms_iou=0.6),
+                        augment="color", device=torch.device("cpu"), batch_size=2,
+                        num_workers=0, seed=0, review=ReviewMining())
+    assert seen == [(96, False)]                              # off by default: one plain pass
+
+
 def test_review_scales_are_checked():
     from comining.errors import InputError
     for bad in ((), (1.0, 1.0), (0.1,), (5.0,)):
         with pytest.raises(InputError, match="--review-scales"):
             ReviewMining(scales=bad).validate()
     assert ReviewMining(scales=[1, 1.6]).scales == (1.0, 1.6)      # as read back from json
+    assert ReviewMining().flip is False
 
 
 def test_mining_at_two_sizes_keeps_exactly_both_sizes_boxes_in_original_pixels(small_dataset,
@@ -284,3 +328,83 @@ def test_mining_at_two_sizes_keeps_exactly_both_sizes_boxes_in_original_pixels(s
     assert boxes["both"] == sorted(boxes["one"] + boxes["two"])
     for _, _, x, y, w, h in boxes["two"]:     # the 192 px pass, back in 96 px images
         assert -1e-3 <= x and x + w <= 96 + 1e-3 and -1e-3 <= y and y + h <= 96 + 1e-3
+
+
+def mirror_dataset(src, dst):
+    """A copy of a generated dataset with every training image mirrored left-right (PNG:
+    lossless) and its annotations mirrored with it."""
+    import json
+    import shutil
+
+    import cv2
+
+    shutil.copytree(src, dst)
+    ann_path = dst / "annotations" / "train.json"
+    coco = json.loads(ann_path.read_text())
+    width = {im["id"]: im["width"] for im in coco["images"]}
+    for im in coco["images"]:
+        path = dst / "images" / im["file_name"]
+        cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[:, ::-1])
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        a["bbox"] = [width[a["image_id"]] - x - w, y, w, h]
+    ann_path.write_text(json.dumps(coco))
+    return width
+
+
+def test_flip_adds_exactly_the_boxes_of_the_mirrored_images_mirrored_back(small_dataset,
+                                                                           tmp_path):
+    """A real detector, every box kept: mining with --review-flip gives, per image and view,
+    the boxes of plain mining plus those of mining a mirrored copy of the images, each
+    mirrored back to x' = width - x - w: where a box lands in the original image."""
+    import json
+    import shutil
+
+    from comining import store
+    from comining.cli import main
+    from comining.engine import train
+    from conftest import seconds_run_config
+
+    run = train(seconds_run_config(small_dataset, tmp_path / "run"), progress=False)
+    width = mirror_dataset(small_dataset, tmp_path / "mirrored_data")
+    keep_all = ["--review-score-floor", "0.001", "--review-max-objects", "1000",
+                "--label-iou", "1.0", "--device", "cpu", "--checkpoint", "4"]
+    boxes = {}
+    for name, flags in (("plain", []), ("mirrored", []), ("flip", ["--review-flip"])):
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        if name == "mirrored":     # the same run and weights, mining the mirrored copy
+            config = json.loads((copy / "config.json").read_text())
+            config["images"] = str(tmp_path / "mirrored_data" / "images")
+            config["ann"] = str(tmp_path / "mirrored_data" / "annotations" / "train.json")
+            (copy / "config.json").write_text(json.dumps(config))
+        assert main(["mine", "--run", str(copy), *flags, *keep_all]) == 0
+        conn = store.connect(copy / store.STORE_NAME)
+        try:
+            settings = json.loads(conn.execute(
+                "SELECT settings FROM checkpoints WHERE iteration = 4").fetchone()[0])
+            assert settings["flip"] is (name == "flip")
+            boxes[name] = [(r["image_id"], r["view"], r["x"], r["y"], r["w"], r["h"])
+                           for r in conn.execute("SELECT * FROM candidates WHERE checkpoint = 4")]
+        finally:
+            conn.close()
+    back = [(i, v, width[i] - x - w, y, w, h) for i, v, x, y, w, h in boxes["mirrored"]]
+    assert boxes["plain"] and back
+
+    def by_image_view(rows):
+        out = {}
+        for i, v, *box in rows:
+            out.setdefault((i, v), []).append(box)
+        return {k: np.asarray(b) for k, b in out.items()}
+
+    expected, got = by_image_view(boxes["plain"] + back), by_image_view(boxes["flip"])
+    assert got.keys() == expected.keys()
+    for key, want in expected.items():     # one to one, each within 1e-3 px (float32 sums)
+        have = got[key]
+        assert len(have) == len(want)
+        free = np.ones(len(have), bool)
+        for box in want:
+            far = np.where(free, np.abs(have - box).max(axis=1), np.inf)
+            k = int(np.argmin(far))
+            assert far[k] < 1e-3, (key, box)
+            free[k] = False

@@ -307,25 +307,29 @@ def finish_last_queue(run: Path, hidden: dict) -> dict:
             "curve": (start + np.cumsum(decisions)).astype(int).tolist()}
 
 
-def one_shot(data: Path, run0: Path, work: Path, review: dict | None = None) -> dict:
-    """The oracle on round 0's whole queue (mined with the `review` settings changed, if
-    given), no retraining: found after each decision."""
+def one_shot(data: Path, run0: Path, work: Path, review: dict | None = None, *,
+             folder: str = "one_shot") -> dict:
+    """The oracle on round 0's whole queue (mined again with the `review` settings
+    changed, if given: mine_s is its time), no retraining: found after each decision."""
     from comining import store
     from comining.fileio import read_json
 
     hidden = read_json(data / "annotations" / "train_hard_hidden.json")
-    run = work / "one_shot" / "run"
+    run = work / folder / "run"
     shutil.rmtree(run.parent, ignore_errors=True)
     shutil.copytree(run0, run)
-    if review:
+    t0 = time.perf_counter()
+    if review is not None:
         mine_for_review(run, review)
+    mine_s = round(time.perf_counter() - t0, 1) if review is not None else None
     conn = store.connect(run / store.STORE_NAME)
     checkpoint = store.checkpoints(conn)[-1]["iteration"]
     conn.close()
     oracle = Oracle(hidden)
     decisions = review_queue(run, checkpoint, oracle, stop_below=None)
     return {"checkpoint": checkpoint, "curve": np.cumsum(decisions).astype(int).tolist(),
-            "n_erased": oracle.n, "recovered_export": recovered_in_export(run, hidden, run.parent)}
+            "n_erased": oracle.n, "recovered_export": recovered_in_export(run, hidden, run.parent),
+            "mine_s": mine_s}
 
 
 # ----------------------------------------------------------------------------- report

@@ -409,8 +409,10 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
                              f"({reach_all / goal:.2f} per recovered label)" if reach_all else
                              f"never (best {whole[-1]} after {len(whole)})") + "."]
         reach = decisions_to(res["curve"], goal)
-        lines += ["", f"{TARGET:.0%} reached after {reach or 'never (best: ' + str(res['curve'][-1] if res['curve'] else 0) + ')'}"
-                  f"{' decisions' if reach else ''}.", ""]
+        best = res["curve"][-1] if res["curve"] else 0
+        lines += ["", f"Within the loop's rounds (the stop rule): {TARGET:.0%} "
+                      + (f"reached after {reach} decisions." if reach else
+                         f"not reached (best: {best} after {len(res['curve'])} decisions)."), ""]
     lines += ["## Loop vs one-shot review of round 0's queue, at equal decisions", "",
               "| decisions | " + " | ".join(f"loop `{m}`" for m in loops) + " | one-shot |",
               "|---|" + "---|" * (len(loops) + 1)]

@@ -11,6 +11,8 @@ checkpoints numbered on (S + K, S + 2K, ... S + N) and mined for review like rou
   RUN/rounds/round_<r>/rejected.json; co-generation never turns a detection at IoU >= 0.5
   with one (any class) into a pseudo box for either view, and review never proposes such
   an object again (a decision covers every later object it overlaps at IoU >= 0.5);
+- mining for review: the previous round's settings (ReviewMining), or those given to
+  this round (`refine --review-flip`, ...), which the rounds after it inherit;
 - schedule: the weights of checkpoint S; SGD's momentum and the learning-rate schedule
   start afresh (a warm-up, then the paper's two x0.1 steps at 2/3 and 8/9 of the round).
   Round 0 ended at 1 % of the base rate, where the accepted boxes would barely move the
@@ -109,9 +111,12 @@ def round_state(run_dir) -> RoundState:
 
 
 def refine(run_dir, *, iters: int | None = None, checkpoint_every: int | None = None,
-           resume: bool = False, progress: bool = True, before_training=None) -> TrainConfig:
+           resume: bool = False, progress: bool = True, before_training=None,
+           review_changes: dict | None = None) -> TrainConfig:
     """Start the run's next round (or, with resume, finish a killed one) and train it.
-    `before_training(config)` is called once the round is recorded. Returns its config."""
+    Its mining for review is the previous round's (ReviewMining), with the fields in
+    `review_changes` changed. `before_training(config)` is called once the round is recorded.
+    Returns its config."""
     from comining import review
     from comining.checkpoints import list_checkpoints, load_run_config
     from comining.engine import train
@@ -129,12 +134,18 @@ def refine(run_dir, *, iters: int | None = None, checkpoint_every: int | None = 
             raise InputError(run_dir, f"round {n} was stopped before its end (iteration "
                                       f"{state.row['end_iteration']}): add --resume to finish it "
                                       f"first")
+        if review_changes:
+            raise InputError(run_dir, f"round {n} resumes with its own mining settings; give "
+                                      f"--review-* options to the next round")
         config = TrainConfig.load(round_dir(run_dir, n) / "config.json")
     else:
         if resume:
             raise InputError(run_dir, "no stopped round to resume; run refine without --resume "
                                       "to start the next round")
         config = _new_round(run_dir, base, state, iters, checkpoint_every, list_checkpoints(run_dir))
+        config.review = dataclasses.replace(_previous_review(run_dir, base, state),
+                                            **(review_changes or {}))
+        config.review.validate()
         run = review.open_run(run_dir)
         try:
             targets = round_targets(run)
@@ -158,6 +169,13 @@ def refine(run_dir, *, iters: int | None = None, checkpoint_every: int | None = 
         before_training(config)
     train(config, resume=not state.finished, progress=progress)
     return config
+
+
+def _previous_review(run_dir: Path, base: TrainConfig, state: RoundState):
+    """The mining for review of the run's last round (round 0's: the run's config)."""
+    if state.last_round == 0:
+        return base.review
+    return TrainConfig.load(round_dir(run_dir, state.last_round) / "config.json").review
 
 
 def _new_round(run_dir: Path, base: TrainConfig, state: RoundState, iters, checkpoint_every,

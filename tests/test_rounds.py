@@ -182,6 +182,8 @@ def test_refine_refuses_what_it_cannot_do_in_one_line(small_dataset, trained, tm
     conn.close()
     proc = run_cli("refine", "--run", run)
     assert_clean_error(proc, "round 1 was stopped before its end", "add --resume")
+    proc = run_cli("refine", "--run", run, "--resume", "--review-flip")
+    assert_clean_error(proc, "round 1 resumes with its own mining settings")
     # round 0 itself unfinished
     half = tmp_path / "half"
     short = seconds_run_config(small_dataset, half)
@@ -195,3 +197,29 @@ def test_refine_refuses_what_it_cannot_do_in_one_line(small_dataset, trained, tm
     assert_clean_error(proc, "training stopped at iteration 2 of 4", "comining train --resume")
     assert sha256(half / store.STORE_NAME) == before
     assert not (half / "rounds").exists()
+
+
+def mined_settings(run: Path) -> dict:
+    """Mined checkpoint -> its mining settings as the store records them."""
+    conn = store.connect(run / store.STORE_NAME)
+    try:
+        return {r["iteration"]: json.loads(r["settings"]) for r in store.checkpoints(conn)}
+    finally:
+        conn.close()
+
+
+def test_mining_settings_given_to_a_round_hold_for_the_rounds_after_it(trained, tmp_path):
+    """refine --review-flip: round 1's checkpoints are mined mirrored too, round 0's stay
+    as they were, round 2 (no option) inherits it; a bad setting writes nothing."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    decide(run, tmp_path)
+    before = sha256(run / store.STORE_NAME)
+    proc = run_cli("refine", "--run", run, "--review-scales", "9", *ROUND)
+    assert_clean_error(proc, "--review-scales")
+    assert sha256(run / store.STORE_NAME) == before and not (run / "rounds").exists()
+    assert main(["refine", "--run", str(run), "--review-flip", *ROUND]) == 0
+    assert main(["refine", "--run", str(run), *ROUND]) == 0
+    flips = {it: s["flip"] for it, s in mined_settings(run).items()}
+    assert flips == {2: False, 4: False, 6: True, 8: True, 10: True, 12: True}
+    assert json.loads((run / "config.json").read_text())["review"]["flip"] is False  # round 0's

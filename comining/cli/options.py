@@ -27,17 +27,21 @@ def add_review_mining_args(p) -> None:
                         "missing object (default 0.5)")
 
 
+def review_changes_from_args(args) -> dict:
+    """The ReviewMining fields the flags given set (none given: {})."""
+    return {name: getattr(args, arg) for name, arg in (
+        ("score_floor", "review_score_floor"), ("max_objects", "review_max_objects"),
+        ("rank", "review_rank"), ("label_iou", "label_iou"), ("scales", "review_scales"),
+        ("flip", "review_flip"))
+        if getattr(args, arg, None) is not None}
+
+
 def review_mining_from_args(args, base=None):
     """A ReviewMining from `base` (default: the defaults) with the flags given."""
     import dataclasses
 
     from comining.config import ReviewMining
 
-    changes = {name: getattr(args, arg) for name, arg in (
-        ("score_floor", "review_score_floor"), ("max_objects", "review_max_objects"),
-        ("rank", "review_rank"), ("label_iou", "label_iou"), ("scales", "review_scales"),
-        ("flip", "review_flip"))
-        if getattr(args, arg, None) is not None}
-    review = dataclasses.replace(base or ReviewMining(), **changes)
+    review = dataclasses.replace(base or ReviewMining(), **review_changes_from_args(args))
     review.validate()
     return review

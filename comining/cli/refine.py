@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from comining.cli.options import add_review_mining_args, review_changes_from_args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -20,6 +22,9 @@ def register(subparsers) -> None:
                    help="checkpoint and mine every K iterations (default: as the first training)")
     p.add_argument("--resume", action="store_true", help="finish a round that was stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_review_mining_args(p)
+    p.epilog = ("The mining settings (--review-*) default to the previous round's; set here, "
+                "they hold for this round and the rounds after it.")
     p.set_defaults(func=run)
 
 
@@ -41,6 +46,7 @@ def run(args) -> int:
               f"{row['n_rejected']} rejected ones as background ({config.ann})", flush=True)
 
     config = refine(args.run, iters=args.iters, checkpoint_every=args.checkpoint_every,
-                    resume=args.resume, progress=not args.no_progress, before_training=announce)
+                    resume=args.resume, progress=not args.no_progress, before_training=announce,
+                    review_changes=review_changes_from_args(args) or None)
     print(f"round {config.round} finished: {args.run} (review with: comining review --run {args.run})")
     return 0

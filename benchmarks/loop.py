@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -360,6 +361,14 @@ def _error(estimate, truth) -> str:
     return f"{(estimate - truth) / truth:+.0%}"
 
 
+def share(k: int, n: int) -> str:
+    """k of n as a percentage, to 0.1 unless that would read as the target reached when it
+    is not (611 of 679: 89.99 %, not 90.0 %)."""
+    if k < math.ceil(TARGET * n) and round(k / n, 3) >= TARGET:
+        return f"{k / n:.2%}"
+    return f"{k / n:.1%}"
+
+
 def review_line(meta: dict) -> str:
     """How round 0's last checkpoint and every round were mined for review, if not as by
     default."""
@@ -393,7 +402,7 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
             rec = r["recovered_export"]
             lines.append(
                 f"| {r['round']} | {r['checkpoint']} | {r['decisions']} | {r['accepted']} | "
-                f"{r['decisions_total']} | {rec} ({rec / n:.1%}) | "
+                f"{r['decisions_total']} | {rec} ({share(rec, n)}) | "
                 f"{r['decisions_total'] / max(rec, 1):.2f} | {r['val_ap']:.3f} | "
                 f"{'-' if r['estimate_remaining'] is None else r['estimate_remaining']}"
                 f"{_of_which(r.get('estimate_extrapolated'))} | "
@@ -427,7 +436,7 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
                       for m, res in loops.items() if res.get("finish"))
               + f"; one-shot {decisions_to(shot['curve'], goal) or 'never'}."]
     lines += ["", f"One-shot: {len(shot['curve'])} decisions review round 0's whole queue and "
-                  f"find {shot['curve'][-1] if shot['curve'] else 0} ({(shot['curve'][-1] if shot['curve'] else 0) / n:.1%}); "
+                  f"find {shot['curve'][-1] if shot['curve'] else 0} ({share(shot['curve'][-1] if shot['curve'] else 0, n)}); "
                   f"{TARGET:.0%} " + (f"after {shot_reach} decisions." if shot_reach else "never."), ""]
     return lines
 

@@ -33,6 +33,7 @@ import shutil
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,23 +57,49 @@ TARGET = 0.9           # share of the erased labels the issue asks to recover
 # ----------------------------------------------------------------------------- round-0 runs
 
 
-def round0_run(method: str, work: Path) -> tuple[Path, Path]:
+@dataclass(frozen=True)
+class Recipe:
+    """How round 0 trains and where everything runs: the demo's CPU or GPU recipe."""
+    name: str = "cpu"
+    device: str = "cpu"
+    round0_iters: int | None = None    # a shorter round 0, mined once (to try the script out)
+
+    @property
+    def settings(self) -> dict:
+        from comining.cli.demo import CPU_SETTINGS, GPU_SETTINGS
+        settings = dict(CPU_SETTINGS if self.name == "cpu" else GPU_SETTINGS)
+        if self.round0_iters:
+            settings.update(iters=self.round0_iters, checkpoint_every=self.round0_iters)
+        return settings
+
+    @property
+    def suffix(self) -> str:
+        """Folder suffix: the CPU recipe keeps the folders it always had."""
+        return "" if self.name == "cpu" else f"_{self.name}"
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"{s['detector'].upper()} {s['backbone']} at {s['image_size']} px (the demo's "
+                f"{self.name.upper()} recipe), on {self.device}")
+
+
+def round0_run(method: str, work: Path, recipe: Recipe = Recipe()) -> tuple[Path, Path]:
     """(the demo setting's data folder, its trained round-0 run of `method`)."""
     from benchmarks.mining import SETTINGS, prepare
-    from comining.cli.demo import CPU_SETTINGS
     from comining.config import TrainConfig
     from comining.checkpoints import list_checkpoints
     from comining.engine import train
 
-    paths = prepare("demo", SETTINGS["demo"], work)
+    paths = prepare("demo", SETTINGS["demo"], work, settings=recipe.settings,
+                    device=recipe.device, run_name=f"run{recipe.suffix}")
     data = paths["sparse"].parents[1]
     if method == "comining":
         return data, paths["run"]
-    run = work / "demo" / f"run_{method}"
+    run = work / "demo" / f"run{recipe.suffix}_{method}"
     config = TrainConfig(images=str(data / "images"), ann=str(paths["sparse"]), run=str(run),
-                         method=method, weights_backbone="none", device="cpu", seed=0,
+                         method=method, weights_backbone="none", device=recipe.device, seed=0,
                          hidden=str(paths["hidden"]), num_workers=1, log_every=10,
-                         **CPU_SETTINGS)
+                         **recipe.settings)
     done = list_checkpoints(run)
     if not done or done[-1][0] < config.iters:
         print(f"[{method}] training round 0 ({config.iters} iterations) in {run}", flush=True)
@@ -193,18 +220,18 @@ def recovered_in_export(run_dir: Path, hidden: dict, tmp: Path) -> int:
     return n
 
 
-def val_ap(run_dir: Path, data: Path, checkpoint: int) -> float:
+def val_ap(run_dir: Path, data: Path, checkpoint: int, device: str = "cpu") -> float:
     from comining.cli.evaluate import detection_ap
 
     ap = detection_ap(run_dir, str(data / "images"), str(data / "annotations" / "val.json"),
-                      checkpoint, "cpu", 8)
+                      checkpoint, device, 8)
     return ap["AP"]
 
 
 # ----------------------------------------------------------------------------- arms
 
 
-def mine_for_review(run: Path, changes: dict) -> None:
+def mine_for_review(run: Path, changes: dict, device: str = "cpu") -> None:
     """Make a copied run mine for review with these ReviewMining settings (scales, flip):
     its config (which refine rounds inherit) and its last checkpoint, mined again."""
     import dataclasses
@@ -216,11 +243,12 @@ def mine_for_review(run: Path, changes: dict) -> None:
     config = load_run_config(run)
     config.review = dataclasses.replace(config.review, **changes)
     atomic_write_json(run / "config.json", config.as_dict())
-    mine_checkpoint(run, "last", review=config.review, device="cpu")
+    mine_checkpoint(run, "last", review=config.review, device=device)
 
 
 def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, iters: int,
-             stop_below: float, tag: str = "", review: dict | None = None) -> dict:
+             stop_below: float, tag: str = "", review: dict | None = None,
+             device: str = "cpu") -> dict:
     from comining import store
     from comining.fileio import read_json
     from comining.rounds import refine
@@ -230,7 +258,7 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
     shutil.rmtree(run.parent, ignore_errors=True)
     shutil.copytree(run0, run)
     if review:
-        mine_for_review(run, review)
+        mine_for_review(run, review, device)
     oracle = Oracle(hidden)
     curve: list[int] = []       # erased labels found after each decision
     rows = []
@@ -250,7 +278,7 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
                "accepted": int(sum(decisions)), "decisions_total": len(curve),
                "recovered_oracle": len(oracle.found),
                "recovered_export": recovered_in_export(run, hidden, run.parent),
-               "n_erased": oracle.n, "val_ap": val_ap(run, data, checkpoint),
+               "n_erased": oracle.n, "val_ap": val_ap(run, data, checkpoint, device),
                "estimate_remaining": None if est is None else round(est.total, 1),
                "estimate_extrapolated": None if est is None else round(est.extrapolated, 1),
                "estimate_per_class": None if est is None else {
@@ -309,7 +337,7 @@ def finish_last_queue(run: Path, hidden: dict) -> dict:
 
 
 def one_shot(data: Path, run0: Path, work: Path, review: dict | None = None, *,
-             folder: str = "one_shot") -> dict:
+             folder: str = "one_shot", device: str = "cpu") -> dict:
     """The oracle on round 0's whole queue (mined again with the `review` settings
     changed, if given: mine_s is its time), no retraining: found after each decision."""
     from comining import store
@@ -321,7 +349,7 @@ def one_shot(data: Path, run0: Path, work: Path, review: dict | None = None, *,
     shutil.copytree(run0, run)
     t0 = time.perf_counter()
     if review is not None:
-        mine_for_review(run, review)
+        mine_for_review(run, review, device)
     mine_s = round(time.perf_counter() - t0, 1) if review is not None else None
     conn = store.connect(run / store.STORE_NAME)
     checkpoint = store.checkpoints(conn)[-1]["iteration"]
@@ -367,6 +395,14 @@ def share(k: int, n: int) -> str:
     if k < math.ceil(TARGET * n) and round(k / n, 3) >= TARGET:
         return f"{k / n:.2%}"
     return f"{k / n:.1%}"
+
+
+def hardware(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))}, {cpu_name()}"
+    return f"{cpu_name()}, CPU only"
 
 
 def review_line(meta: dict) -> str:
@@ -445,9 +481,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
     p.add_argument("--rounds", type=int, default=3, help="refine rounds (default 3)")
-    p.add_argument("--iters", type=int, default=600,
-                   help="iterations of each refine round (default 600: refine's default, half "
-                        "of round 0's; mined once, at its end)")
+    p.add_argument("--iters", type=int,
+                   help="iterations of each refine round (default: half of round 0's, as refine's "
+                        "default; 600 with the CPU recipe)")
+    p.add_argument("--recipe", choices=("cpu", "gpu"), default="cpu",
+                   help="the demo's recipe round 0 trains by (default cpu: MobileNetV3 at 160 px; "
+                        "gpu: ResNet-18 at 256 px); its runs live in their own folders")
+    p.add_argument("--device", help="where to train, mine and evaluate (default: cpu for the "
+                                    "cpu recipe, cuda for the gpu recipe)")
+    p.add_argument("--round0-iters", type=int, metavar="N",
+                   help="a shorter round 0 (to try the script out; use its own --work)")
     p.add_argument("--methods", nargs="+", default=["comining", "original"])
     p.add_argument("--stop-below", type=float, default=STOP_BELOW,
                    help=f"the oracle's stop rule: the yield of its last {WINDOW} decisions "
@@ -490,8 +533,9 @@ def main(argv=None) -> int:
         (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return 0
-    from comining.cli.demo import CPU_SETTINGS
-
+    recipe = Recipe(args.recipe, args.device or ("cuda" if args.recipe == "gpu" else "cpu"),
+                    args.round0_iters)
+    iters = args.iters or recipe.settings["iters"] // 2
     args.work.mkdir(parents=True, exist_ok=True)
     review = {k: v for k, v in (("scales", tuple(args.review_scales or ())),
                                 ("flip", args.review_flip)) if v} or None
@@ -500,24 +544,27 @@ def main(argv=None) -> int:
         shot = json.loads((args.out / f"{args.one_shot_from}.json").read_text())["one_shot"]
     t0 = time.perf_counter()
     for method in args.methods:
-        data, run0 = round0_run(method, args.work)
-        if shot is None:
-            shot = one_shot(data, run0, args.work, review) if method == "comining" else None
-        loops[method] = run_loop(method, data, run0, args.work, rounds=args.rounds, iters=args.iters,
-                                 stop_below=args.stop_below, tag=tag, review=review)
+        data, run0 = round0_run(method, args.work, recipe)
+        if shot is None and method == "comining":
+            shot = one_shot(data, run0, args.work, review, folder=f"one_shot{recipe.suffix}",
+                            device=recipe.device)
+        loops[method] = run_loop(method, data, run0, args.work, rounds=args.rounds, iters=iters,
+                                 stop_below=args.stop_below, tag=tag, review=review,
+                                 device=recipe.device)
         if args.finish:
             from comining.fileio import read_json
             hidden = read_json(data / "annotations" / "train_hard_hidden.json")
             loops[method]["finish"] = finish_last_queue(args.work / f"loop_{method}{tag}" / "run",
                                                         hidden)
     if shot is None:
-        data, run0 = round0_run("comining", args.work)
-        shot = one_shot(data, run0, args.work, review)
+        data, run0 = round0_run("comining", args.work, recipe)
+        shot = one_shot(data, run0, args.work, review, folder=f"one_shot{recipe.suffix}",
+                        device=recipe.device)
     meta = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": git_commit(), "hardware": f"{cpu_name()}, CPU only",
+            "commit": git_commit(), "hardware": hardware(recipe.device),
             "setting": "comining demo's data (300 images 256 px, 4 classes), hard split, "
-                       "FCOS MobileNetV3 at 160 px (the demo's CPU recipe)",
-            "iters": args.iters, "round0_iters": CPU_SETTINGS["iters"],
+                       + recipe.describe(),
+            "recipe": recipe.name, "iters": iters, "round0_iters": recipe.settings["iters"],
             "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
             "one_shot_review": None if review is None else not args.one_shot_from,
             "window": WINDOW, "stop_below": args.stop_below, "wall_s": round(time.perf_counter() - t0)}

@@ -65,8 +65,10 @@ LAST = "last"
 # ----------------------------------------------------------------------------- data and runs
 
 
-def prepare(name: str, spec: dict, work: Path, *, train_missing: bool = True) -> dict:
-    """Generate, sparsify (hard) and train what is missing; returns the paths."""
+def prepare(name: str, spec: dict, work: Path, *, train_missing: bool = True,
+            settings: dict | None = None, device: str = "cpu", run_name: str = "run") -> dict:
+    """Generate, sparsify (hard) and train what is missing (WORK/NAME/RUN_NAME, by the
+    demo's CPU recipe unless `settings` say otherwise); returns the paths."""
     from comining.cli.demo import CPU_SETTINGS
     from comining.config import TrainConfig
     from comining.checkpoints import list_checkpoints
@@ -85,11 +87,11 @@ def prepare(name: str, spec: dict, work: Path, *, train_missing: bool = True) ->
         kept, erased = sparsify(read_json(full), "hard", seed=spec["split_seed"])
         atomic_write_json(hidden, erased)
         atomic_write_json(sparse, kept)
-    run = root / "run"
+    run = root / run_name
     config = TrainConfig(images=str(data / "images"), ann=str(sparse), run=str(run),
-                         method="comining", weights_backbone="none", device="cpu",
+                         method="comining", weights_backbone="none", device=device,
                          seed=0, hidden=str(hidden), num_workers=1, log_every=10,
-                         **CPU_SETTINGS)
+                         **(settings or CPU_SETTINGS))
     done = list_checkpoints(run)
     if train_missing and (not done or done[-1][0] < config.iters):
         print(f"[{name}] training ({config.iters} iterations) in {run}", flush=True)

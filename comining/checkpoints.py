@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from comining.config import TrainConfig
-from comining.errors import InputError
+from comining.errors import InputError, first_sentence
 from comining.fileio import atomic_write_bytes
 from comining.model import safe_load
 
@@ -68,14 +68,6 @@ def load_run_config(run_dir: Path) -> TrainConfig:
                                    f"({type(exc).__name__}: {first_sentence(exc)})") from None
 
 
-def first_sentence(exc: BaseException) -> str:
-    """The first line of an exception message, cut at its first sentence (torch's
-    messages run on for lines of advice)."""
-    text = (str(exc).strip().splitlines() or [""])[0]
-    head, sep, _ = text.partition(". ")
-    return head + ("." if sep else "")
-
-
 def load_model_state(detector: torch.nn.Module, state_dict: dict, path: Path,
                      config: TrainConfig) -> None:
     """Load a checkpoint's weights; a checkpoint of another model (another backbone,
@@ -118,11 +110,16 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def checkpoint_path(run_dir: Path, iteration: int) -> Path:
+    """RUN/checkpoints/iter_<iteration>.pt, the file of the checkpoint at `iteration`."""
+    return Path(run_dir) / "checkpoints" / f"iter_{iteration:07d}.pt"
+
+
 def save_checkpoint(run_dir: Path, iteration: int, *, detector: torch.nn.Module, optimizer,
                     scheduler, device: torch.device, config: TrainConfig,
                     categories: list[dict]) -> Path:
-    """RUN/checkpoints/iter_<iteration>.pt, written atomically (a kill leaves the last one)."""
-    path = run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
+    """checkpoint_path(run_dir, iteration), written atomically (a kill leaves the last one)."""
+    path = checkpoint_path(run_dir, iteration)
     buf = io.BytesIO()
     torch.save({"model": detector.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "iteration": iteration,

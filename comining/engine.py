@@ -21,14 +21,14 @@ import torch.distributed as dist
 
 from comining import status, store
 from comining.augment import make_view_augmenter
-from comining.checkpoints import (first_sentence, list_checkpoints, load_checkpoint,
+from comining.checkpoints import (checkpoint_path, list_checkpoints, load_checkpoint,
                                   load_model_state, load_run_config, resolve_checkpoint,
                                   save_checkpoint, set_rng_state)
 from comining.coco import CocoDataset, attach_rejected, load_coco
 from comining.config import MiningThresholds, ReviewMining, TrainConfig
 from comining.data import DetectionDataset, TrainingSampler, make_loader
 from comining.device import precision, resolve_device
-from comining.errors import CominingError, InputError
+from comining.errors import CominingError, InputError, first_sentence
 from comining.fileio import atomic_write_bytes
 from comining.mining import gather_candidates, mine_dataset, record
 from comining.model import (DenseForward, DenseNet, build_detector, check_init_fits,
@@ -331,10 +331,10 @@ def _bar_label(config: TrainConfig) -> str:
 def _checkpoint_and_mine(ctx: RunContext, iteration: int, optimizer, scheduler, bar) -> Path:
     path = None
     if ctx.ddp.main:
-        path = save_checkpoint(ctx.run_dir, iteration, detector=ctx.detector, optimizer=optimizer,
-                           scheduler=scheduler, device=ctx.device, config=ctx.config,
-                           categories=ctx.coco.raw["categories"])
-    path = path or ctx.run_dir / "checkpoints" / f"iter_{iteration:07d}.pt"
+        path = save_checkpoint(ctx.run_dir, iteration, detector=ctx.detector,
+                               optimizer=optimizer, scheduler=scheduler, device=ctx.device,
+                               config=ctx.config, categories=ctx.coco.raw["categories"])
+    path = path or checkpoint_path(ctx.run_dir, iteration)
     if ctx.config.mine:
         _mine(ctx, iteration, path, bar)
     return path

@@ -34,3 +34,11 @@ def summarize_problems(problems: list[str], *, shown: int = 3) -> str:
     head = "; ".join(problems[:shown])
     more = len(problems) - shown
     return head + (f"; and {more} more" if more > 0 else "")
+
+
+def first_sentence(exc: BaseException) -> str:
+    """The first line of an exception message, cut at its first sentence (torch's
+    messages run on for lines of advice)."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    head, sep, _ = text.partition(". ")
+    return head + ("." if sep else "")

@@ -8,7 +8,7 @@ mined again each way; the loop benchmark's oracle then reviews the whole queue i
 queue holds at all, those found after 300/600/900/1200 decisions, and the decisions that
 reach 90 % of them.
 
-  python benchmarks/review_tta.py [--work DIR]     # about 15 minutes on 2 CPU cores
+  python benchmarks/review_tta.py [--work DIR]     # about 20 minutes on 2 CPU cores shared with other jobs
 
 Writes benchmarks/results/review_tta.md and review_tta.json.
 """

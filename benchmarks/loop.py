@@ -180,6 +180,59 @@ def truth_remaining(run_dir: Path, checkpoint: int, oracle: Oracle) -> int:
         r.close()
 
 
+AUDIT_ERROR = 0.15     # the issue's bound on the remaining-objects estimate
+AUDIT_BANDS = 50       # score bands of the audit below (more bands: a smaller audit)
+
+
+def audit_size(scores, missing, *, error: float = AUDIT_ERROR, bands: int = AUDIT_BANDS) -> int | None:
+    """Decisions a random audit of the pending objects needs to count the missing ones
+    within `error` (one standard error), at best: stratified by score into `bands`
+    equal bands, each sampled in proportion to N_h * S_h (Neyman allocation) with S_h
+    from the TRUE rate of missing objects in the band, which no annotator knows: a
+    lower bound on what any sample of the queue costs. scores (N,), missing (N,) bool:
+    whether each pending object is a missing object. Cochran's n for a total with the
+    finite-population correction: n = (sum N_h S_h)^2 / (V + sum N_h S_h^2), V = (error * total)^2."""
+    s, y = np.asarray(scores, np.float64), np.asarray(missing, np.float64)
+    if not y.sum():
+        return None
+    strata = [b for b in np.array_split(np.argsort(-s), bands) if len(b)]
+    n_h = np.array([len(b) for b in strata], np.float64)
+    p_h = np.array([y[b].mean() for b in strata])
+    s_h = np.sqrt(p_h * (1 - p_h) * n_h / np.maximum(n_h - 1, 1))
+    need = (n_h * s_h).sum() ** 2 / ((error * y.sum()) ** 2 + (n_h * s_h ** 2).sum())
+    return int(np.ceil(need))
+
+
+def pending_missing(run_dir: Path, checkpoint: int, oracle: Oracle) -> tuple[list, list]:
+    """(scores, whether each is a missing object not found yet) of the queue's pending objects."""
+    from comining import review
+
+    r = review.open_run(run_dir)
+    try:
+        items = review.queue_items(r, checkpoint)
+        return ([it.score for it in items],
+                [oracle.match(it.image_id, it.box) is not None for it in items])
+    finally:
+        r.close()
+
+
+def oracle_of(run_dir: Path, hidden: dict) -> Oracle:
+    """The oracle as the run's accepted decisions leave it (what it has found)."""
+    from comining import review
+
+    oracle = Oracle(hidden)
+    r = review.open_run(run_dir)
+    try:
+        for d in review.effective_decisions(r.conn):
+            if d.decision == "accepted":
+                hit = oracle.match(d.image_id, d.box)
+                if hit:
+                    oracle.found.add(hit[0])
+    finally:
+        r.close()
+    return oracle
+
+
 def estimate(run_dir: Path, checkpoint: int):
     from comining import review
 
@@ -274,6 +327,7 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
             curve.append(before)
         est = estimate(run, checkpoint)
         truth = truth_remaining(run, checkpoint, oracle)
+        audit = audit_size(*pending_missing(run, checkpoint, oracle))
         row = {"round": n, "checkpoint": checkpoint, "decisions": len(decisions),
                "accepted": int(sum(decisions)), "decisions_total": len(curve),
                "recovered_oracle": len(oracle.found),
@@ -283,7 +337,8 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
                "estimate_extrapolated": None if est is None else round(est.extrapolated, 1),
                "estimate_per_class": None if est is None else {
                    str(k): round(v, 1) for k, v in est.per_class.items()},
-               "truth_remaining": truth, "review_s": round(time.perf_counter() - t0, 1)}
+               "truth_remaining": truth, "audit_decisions": audit,
+               "review_s": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         print(f"[{method}] round {n}: {row}", flush=True)
         # the store as this round left it (for studying other estimates afterwards)
@@ -296,9 +351,9 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
     return {"method": method, "stop_below": stop_below, "rounds": rows, "curve": curve}
 
 
-def reestimate(run: Path, rows: list[dict]) -> None:
+def reestimate(run: Path, rows: list[dict], hidden: dict) -> None:
     """The remaining-objects estimate of each round again, with this code, from the store
-    as that round left it (RUN/../round<N>.sqlite)."""
+    as that round left it (RUN/../round<N>.sqlite), and the audit it is set against."""
     import tempfile
 
     for row in rows:
@@ -306,6 +361,8 @@ def reestimate(run: Path, rows: list[dict]) -> None:
             shutil.copy2(run.parent / f"round{row['round']}.sqlite", Path(tmp) / "comining.sqlite")
             shutil.copy2(run / "config.json", Path(tmp) / "config.json")
             est = estimate(Path(tmp), row["checkpoint"])
+            row["audit_decisions"] = audit_size(*pending_missing(
+                Path(tmp), row["checkpoint"], oracle_of(Path(tmp), hidden)))
         row["estimate_remaining"] = None if est is None else round(est.total, 1)
         row["estimate_extrapolated"] = None if est is None else round(est.extrapolated, 1)
         row["estimate_per_class"] = None if est is None else {
@@ -317,19 +374,12 @@ def finish_last_queue(run: Path, hidden: dict) -> dict:
     (no stop rule), as an annotator who wants every object would. Its knowledge of what
     was found is rebuilt from the run's accepted decisions. Returns the found count
     after each further decision."""
-    from comining import review, store
+    from comining import store
 
-    oracle = Oracle(hidden)
-    r = review.open_run(run)
-    try:
-        for d in review.effective_decisions(r.conn):
-            if d.decision == "accepted":
-                hit = oracle.match(d.image_id, d.box)
-                if hit:
-                    oracle.found.add(hit[0])
-        checkpoint = store.checkpoints(r.conn)[-1]["iteration"]
-    finally:
-        r.close()
+    oracle = oracle_of(run, hidden)
+    conn = store.connect(run / store.STORE_NAME)
+    checkpoint = store.checkpoints(conn)[-1]["iteration"]
+    conn.close()
     start = len(oracle.found)
     decisions = review_queue(run, checkpoint, oracle, stop_below=None, client="oracle-finish")
     return {"checkpoint": checkpoint, "found_before": start,
@@ -406,10 +456,11 @@ def hardware(device: str) -> str:
 
 
 def review_line(meta: dict) -> str:
-    """How round 0's last checkpoint and every round were mined for review, if not as by
-    default."""
+    """How round 0's last checkpoint and every round were mined for review, if not at the
+    training size only."""
     scales = meta.get("review_scales", [1.0])
     how = [f"at {' and '.join(f'{x:g}x' for x in scales)} the training size"] if scales != [1.0] else []
+    how += ["at the images' own size too (where training shrinks them)"] if meta.get("review_native") else []
     how += ["plain and mirrored"] if meta.get("review_flip") else []
     if not how:
         return ""
@@ -444,6 +495,14 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
                 f"{_of_which(r.get('estimate_extrapolated'))} | "
                 f"{r['truth_remaining']} | {_error(r['estimate_remaining'], r['truth_remaining'])} | "
                 f"{r.get('refine_s', '-')} |")
+        audits = [(r["round"], r["audit_decisions"]) for r in res["rounds"]
+                  if r.get("audit_decisions")]
+        if audits:
+            lines += ["", f"What checking the estimate by sampling would cost: a random audit that "
+                          f"counts the missing objects left within {AUDIT_ERROR:.0%} (one standard "
+                          f"error) needs at least " + ", ".join(
+                              f"{a:,} decisions after round {k}" for k, a in audits)
+                      + f" ({AUDIT_BANDS} score bands, each sampled by its true rate: a lower bound)."]
         if res.get("finish"):
             fin = res["finish"]
             whole = res["curve"] + fin["curve"]
@@ -508,6 +567,9 @@ def main(argv=None) -> int:
                         "last checkpoint again, and every refine round")
     p.add_argument("--review-flip", action="store_true",
                    help="also mine the mirrored images for review (ReviewMining.flip)")
+    p.add_argument("--review-native", action=argparse.BooleanOptionalAction, default=True,
+                   help="also mine at the images' own size when training shrinks them "
+                        "(ReviewMining.native; default on, as the product)")
     p.add_argument("--one-shot-from", metavar="NAME",
                    help="reuse the one-shot arm of benchmarks/results/NAME.json (it depends on "
                         "round 0 only) instead of reviewing round 0's whole queue again")
@@ -524,8 +586,10 @@ def main(argv=None) -> int:
                 if not res.get("finish"):
                     res["finish"] = finish_last_queue(args.work / f"loop_{method}{tag}" / "run", hidden)
         if args.reestimate:
+            from comining.fileio import read_json
+            hidden = read_json(args.work / "demo" / "data" / "annotations" / "train_hard_hidden.json")
             for method, res in saved["loops"].items():
-                reestimate(args.work / f"loop_{method}{tag}" / "run", res["rounds"])
+                reestimate(args.work / f"loop_{method}{tag}" / "run", res["rounds"], hidden)
             saved["meta"]["estimates"] = f"recomputed at commit {git_commit()}"
         if args.finish or args.reestimate:
             (args.out / f"{args.name}.json").write_text(json.dumps(saved, indent=1) + "\n")
@@ -537,8 +601,10 @@ def main(argv=None) -> int:
                     args.round0_iters)
     iters = args.iters or recipe.settings["iters"] // 2
     args.work.mkdir(parents=True, exist_ok=True)
-    review = {k: v for k, v in (("scales", tuple(args.review_scales or ())),
-                                ("flip", args.review_flip)) if v} or None
+    # round 0's last checkpoint is always mined again, with this code's mining and the
+    # options: the reused round-0 runs may have been mined by other settings
+    review = {"native": args.review_native} | {k: v for k, v in (
+        ("scales", tuple(args.review_scales or ())), ("flip", args.review_flip)) if v}
     loops, shot = {}, None
     if args.one_shot_from:
         shot = json.loads((args.out / f"{args.one_shot_from}.json").read_text())["one_shot"]
@@ -566,6 +632,7 @@ def main(argv=None) -> int:
                        + recipe.describe(),
             "recipe": recipe.name, "iters": iters, "round0_iters": recipe.settings["iters"],
             "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
+            "review_native": args.review_native,
             "one_shot_review": None if review is None else not args.one_shot_from,
             "window": WINDOW, "stop_below": args.stop_below, "wall_s": round(time.perf_counter() - t0)}
     lines = report(loops, shot, meta)

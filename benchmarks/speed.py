@@ -384,8 +384,8 @@ def bench_training(bench: Bench, mode: str) -> ModeResult:
 class InMemoryDataset(torch.utils.data.Dataset):
     """A DetectionDataset stand-in: a pool of decoded, padded samples (no file decoding)."""
 
-    def __init__(self, coco, pool: list):
-        self.coco, self.pool = coco, pool
+    def __init__(self, coco, pool: list, image_size: int):
+        self.coco, self.pool, self.image_size = coco, pool, image_size
 
     def __len__(self) -> int:
         return len(self.coco.images)
@@ -419,7 +419,7 @@ def mining_dataset(cfg: dict, n_images: int, pool_size: int = 16) -> InMemoryDat
            "categories": cats, "annotations": []}
     coco = CocoDataset(ann_path=Path("<in-memory>"), image_root=Path("."), raw=raw, images=records,
                        categories=CategoryMap.from_categories(cats))
-    return InMemoryDataset(coco, pool)
+    return InMemoryDataset(coco, pool, max(h, w))   # images at the network's size: one pass
 
 
 def bench_mining(bench: Bench) -> ModeResult:

@@ -82,6 +82,9 @@ class ReviewMining:
                                   # size; every size's boxes of a view join before grouping
                                   # (multi-scale test-time mining: a larger size finds
                                   # small objects the training size misses)
+    native: bool = True           # also mine at the images' own size when training shrinks
+                                  # them (comining.mining.review_sizes): the objects small
+                                  # at the training size are the ones it misses
     flip: bool = False            # also mine each size's horizontal mirror image, its boxes
                                   # mirrored back and joined per view (test-time flip: the
                                   # detector trains on flips, and a mirrored image gives
@@ -162,7 +165,8 @@ class TrainConfig:
         if self.thresholds is None:
             self.thresholds = MiningThresholds.for_detector(self.detector)
         if isinstance(self.review, dict):
-            self.review = ReviewMining(**self.review)
+            # a run configured before `native` existed mined without it; resumed, it still does
+            self.review = ReviewMining(**{"native": False, **self.review})
         self.validate()
 
     def validate(self) -> None:

@@ -14,7 +14,9 @@ checkpoint's candidates and objects are written in one transaction: all or nothi
 With `ReviewMining.scales` the images are also mined at other input sizes (multi-scale
 test-time mining): every size's boxes of a view, mapped to original pixels, join before
 grouping, so one object seen at two sizes is one object. A detector trained at a small
-size misses small objects there and finds some of them at a larger size. With
+size misses small objects there and finds some of them at a larger size; so by default
+(`ReviewMining.native`) a run trained on shrunk images is also mined at their own size
+(`review_sizes`). With
 `ReviewMining.flip` each size is also mined on the mirrored images (test-time flip), the
 boxes mirrored back and joined the same way.
 
@@ -176,8 +178,8 @@ def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: Min
 
     # one pass per size (and mirror): the others first, held per image (boxes in original
     # pixels), then joined with the last pass's as it streams
-    sized = [dataset if s == 1 else DetectionDataset(dataset.coco, scaled_size(
-        dataset.image_size, s)) for s in review.scales]
+    sized = [dataset if size == dataset.image_size else DetectionDataset(dataset.coco, size)
+             for size in review_sizes(dataset, review)]
     *others, last = [(ds, flip) for ds in sized for flip in ((True, False) if review.flip
                                                              else (False,))]
     held: dict[int, list[dict]] = defaultdict(list)
@@ -191,6 +193,27 @@ def mine_dataset(dense: DenseForward, dataset: DetectionDataset, thresholds: Min
         out.extend(image_candidates(rec, dets, dataset.coco.categories, review,
                                     crowd_ioa=thresholds.crowd_ioa))
     return out
+
+
+NATIVE_MAX = 2.0    # the native size at most this multiple of the training size: the pass
+                    # then costs at most 4 training-size passes (pixels grow as its square)
+
+
+def review_sizes(dataset: DetectionDataset, review: ReviewMining) -> list[int]:
+    """The input sizes (longer side, px) mined for review, in pass order: each of
+    `review.scales` times the training size (1: the training size itself), then, with
+    `review.native`, the images' own size (the median longer side, a multiple of 32, at
+    most NATIVE_MAX times the training size) when it is larger than every one of those.
+    A detector trained on shrunk images misses the objects that the shrinking made small;
+    the annotator reviews at the images' own size, where they are plain to see."""
+    sizes = [dataset.image_size if s == 1 else scaled_size(dataset.image_size, s)
+             for s in review.scales]
+    if review.native and dataset.coco.images:
+        own = float(np.median([max(r.width, r.height) for r in dataset.coco.images]))
+        native = scaled_size(dataset.image_size, min(own / dataset.image_size, NATIVE_MAX))
+        if native > max(sizes):
+            sizes.append(native)
+    return sizes
 
 
 def scaled_size(image_size: int, scale: float) -> int:

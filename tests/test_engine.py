@@ -189,7 +189,8 @@ def test_learning_rate_schedule_of_a_training_run(tiny_dataset, tmp_path, monkey
 def test_checkpoint_round_trip_and_store(tiny_dataset, tmp_path):
     low = MiningThresholds(score_thresh=0.001, nms_iou=0.5, gt_iou=0.4, max_per_image=5)
     cfg = tiny_config(tiny_dataset, tmp_path / "run", iters=4, checkpoint_every=2, mine=True,
-                      thresholds=low, review=ReviewMining(score_floor=0.001, max_per_view=5))
+                      thresholds=low,   # one pass (the 96 px training size): its cap of 5
+                      review=ReviewMining(score_floor=0.001, max_per_view=5, native=False))
     run = train(cfg, progress=False)
     its = [it for it, _ in list_checkpoints(run)]
     assert its == [2, 4]
@@ -239,7 +240,8 @@ def test_mining_keeps_no_box_thinner_than_a_pixel(tiny_dataset, tmp_path, monkey
     ctx.train_dataset.coco.images = [dataclasses.replace(r, boxes=r.boxes[:0], labels=r.labels[:0])
                                      for r in ctx.train_dataset.coco.images]
     cands = mining.mine_dataset(ctx.dense, ctx.train_dataset, cfg.thresholds, augment="color",
-                                device=torch.device("cpu"), batch_size=2, num_workers=0, seed=0)
+                                device=torch.device("cpu"), batch_size=2, num_workers=0, seed=0,
+                                review=ReviewMining(native=False))   # one pass of the fakes
     n_images = len(ctx.train_dataset)
     assert len(cands) == n_images * 2 * 2          # two real boxes per view per image
     assert all(c["bbox"][2] >= 1 and c["bbox"][3] >= 1 for c in cands)

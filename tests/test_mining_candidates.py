@@ -119,7 +119,7 @@ def test_mine_dataset_passes_its_settings_on(monkeypatch):
         yield rec, box
 
     monkeypatch.setattr(mining, "detect_views", fake_detect_views)
-    dataset = SimpleNamespace(coco=SimpleNamespace(categories=CATEGORIES))
+    dataset = SimpleNamespace(coco=SimpleNamespace(categories=CATEGORIES, images=[]), image_size=96)
     common = dict(augment="color", device=torch.device("cpu"), batch_size=2, num_workers=0, seed=3)
     t = MiningThresholds(score_thresh=0.6, nms_iou=0.55, crowd_ioa=0.5)
     out = mining.mine_dataset(None, dataset, t, rank=1, world_size=2,
@@ -222,7 +222,7 @@ def test_other_scales_are_mined_at_their_size_and_join_each_view_before_grouping
         yield rec, passes[dataset.image_size]
 
     monkeypatch.setattr(mining, "detect_views", fake_detect_views)
-    dataset = mining.DetectionDataset(SimpleNamespace(categories=CATEGORIES), 96)
+    dataset = mining.DetectionDataset(SimpleNamespace(categories=CATEGORIES, images=[]), 96)
     out = mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.5, nms_iou=0.6),
                               augment="color",
                               device=torch.device("cpu"), batch_size=2, num_workers=0, seed=0,
@@ -263,7 +263,7 @@ def test_flip_mines_every_size_mirrored_too_and_joins_each_view(monkeypatch):
         yield rec, passes[dataset.image_size, flip]
 
     monkeypatch.setattr(mining, "detect_views", fake_detect_views)
-    dataset = mining.DetectionDataset(SimpleNamespace(categories=CATEGORIES), 96)
+    dataset = mining.DetectionDataset(SimpleNamespace(categories=CATEGORIES, images=[]), 96)
     out = mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.5, nms_iou=0.6),
                               augment="color", device=torch.device("cpu"), batch_size=2,
                               num_workers=0, seed=0, review=ReviewMining(scales=(2.0, 1.0), flip=True))
@@ -284,13 +284,76 @@ def test_flip_mines_every_size_mirrored_too_and_joins_each_view(monkeypatch):
     assert seen == [(96, False)]                              # off by default: one plain pass
 
 
+def images_of(*sides):
+    """A stand-in CocoDataset whose images have these (width, height)."""
+    return SimpleNamespace(categories=CATEGORIES,
+                           images=[SimpleNamespace(width=w, height=h) for w, h in sides])
+
+
+def test_review_sizes_add_the_images_own_size_when_training_shrinks_them():
+    """Sizes mined: the scales' sizes, then the images' own (median longer side, a multiple
+    of 32, at most 2x the training size) when larger than all of them."""
+    from comining.mining import review_sizes
+
+    def sizes(sides, image_size, **review):
+        return review_sizes(mining_dataset(images_of(*sides), image_size), ReviewMining(**review))
+
+    assert sizes([(256, 192)] * 3, 160) == [160, 256]
+    assert sizes([(192, 256)], 160) == [160, 256]                  # portrait: its longer side
+    assert sizes([(256, 192)], 160, native=False) == [160]
+    assert sizes([(256, 192)], 160, scales=(1, 1.6)) == [160, 256]  # already mined at 256
+    assert sizes([(256, 192)], 160, scales=(1, 2)) == [160, 320]    # larger than its own
+    assert sizes([(96, 96)], 160) == [160]                          # not shrunk by training
+    assert sizes([(170, 100)], 160) == [160]                        # 170 px: 160 at stride 32
+    assert sizes([(4000, 3000)], 800) == [800, 1600]                # capped at 2x
+    assert sizes([(200, 10), (256, 10), (256, 10), (300, 10), (1000, 10)], 160) == [160, 256]
+    assert sizes([(200, 200)], 100) == [100, 192]                   # 1x: the training size as is
+
+
+def mining_dataset(coco, image_size):
+    from comining import mining
+    return mining.DetectionDataset(coco, image_size)
+
+
+def test_images_shrunk_by_training_are_mined_at_their_own_size_too(monkeypatch):
+    """By default, images of 256 px trained at 160 px: a pass at 160 px, then one at 256 px,
+    their boxes joined per view into one object; --no-review-native: the 160 px pass only."""
+    from comining import mining
+    from comining.config import MiningThresholds
+    rec = SimpleNamespace(id=1, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                          crowd_boxes=np.zeros((0, 4), np.float32))
+    none = dets([], [], [])
+    passes = {160: {"original": dets([[10, 10, 50, 50]], [0], [0.4]), "augmented": none},
+              256: {"original": dets([[10, 11, 50, 50]], [0], [0.6]), "augmented": none}}
+    sizes = []
+
+    def fake_detect_views(dense, dataset, **kwargs):
+        sizes.append(dataset.image_size)
+        yield rec, passes[dataset.image_size]
+
+    monkeypatch.setattr(mining, "detect_views", fake_detect_views)
+    dataset = mining.DetectionDataset(images_of((256, 256)), 160)
+    common = dict(augment="color", device=torch.device("cpu"), batch_size=2, num_workers=0, seed=0)
+    out = mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.5, nms_iou=0.6),
+                              **common)
+    assert sizes == [160, 256]
+    assert sorted((c["view"], c["bbox"]) for c in out) == [("original", [10.0, 10.0, 40.0, 40.0]),
+                                                            ("original", [10.0, 11.0, 40.0, 39.0])]
+    assert len({c["object"]["key"] for c in out}) == 1
+    assert out[0]["object"]["view_scores"][0] == pytest.approx(0.6)   # the native pass's
+    sizes.clear()
+    mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.5, nms_iou=0.6),
+                        review=ReviewMining(native=False), **common)
+    assert sizes == [160]
+
+
 def test_review_scales_are_checked():
     from comining.errors import InputError
     for bad in ((), (1.0, 1.0), (0.1,), (5.0,)):
         with pytest.raises(InputError, match="--review-scales"):
             ReviewMining(scales=bad).validate()
     assert ReviewMining(scales=[1, 1.6]).scales == (1.0, 1.6)      # as read back from json
-    assert ReviewMining().flip is False
+    assert ReviewMining().flip is False and ReviewMining().native is True
 
 
 def test_mining_at_two_sizes_keeps_exactly_both_sizes_boxes_in_original_pixels(small_dataset,
@@ -328,6 +391,63 @@ def test_mining_at_two_sizes_keeps_exactly_both_sizes_boxes_in_original_pixels(s
     assert boxes["both"] == sorted(boxes["one"] + boxes["two"])
     for _, _, x, y, w, h in boxes["two"]:     # the 192 px pass, back in 96 px images
         assert -1e-3 <= x and x + w <= 96 + 1e-3 and -1e-3 <= y and y + h <= 96 + 1e-3
+
+
+def test_a_run_trained_on_shrunk_images_mines_them_at_their_own_size_too(small_dataset,
+                                                                          tmp_path):
+    """A real detector trained at 64 px on 96 px images, every box kept: by default its
+    candidates are exactly those of --review-scales 1 1.5 (64 and 96 px) without the
+    native pass, more than --no-review-native's (64 px only); the settings say which."""
+    import json
+    import shutil
+
+    from comining import store
+    from comining.cli import main
+    from comining.engine import train
+    from conftest import seconds_run_config
+
+    run = train(seconds_run_config(small_dataset, tmp_path / "run", image_size=64),
+                progress=False)
+    keep_all = ["--review-score-floor", "0.001", "--review-max-objects", "1000",
+                "--label-iou", "1.0", "--device", "cpu", "--checkpoint", "4"]
+    boxes = {}
+    for name, flags in (("default", []), ("plain", ["--no-review-native"]),
+                        ("as_scales", ["--review-scales", "1", "1.5", "--no-review-native"])):
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        assert main(["mine", "--run", str(copy), *flags, *keep_all]) == 0
+        conn = store.connect(copy / store.STORE_NAME)
+        try:
+            settings = json.loads(conn.execute(
+                "SELECT settings FROM checkpoints WHERE iteration = 4").fetchone()[0])
+            assert settings["native"] is (name == "default")
+            boxes[name] = sorted(tuple(r) for r in conn.execute(
+                "SELECT image_id, view, round(x, 3), round(y, 3), round(w, 3), round(h, 3) "
+                "FROM candidates WHERE checkpoint = 4"))
+        finally:
+            conn.close()
+    assert boxes["plain"] and set(boxes["plain"]) < set(boxes["default"])
+    assert boxes["default"] == boxes["as_scales"]
+
+
+def test_a_run_configured_before_native_mining_keeps_mining_without_it(tmp_path):
+    """config.json written before ReviewMining.native existed (no such key): the run, resumed
+    or refined, mines as it did; a new config has it on, and keeps it through a save."""
+    import dataclasses
+    import json
+
+    from comining.config import TrainConfig
+
+    config = TrainConfig(images="i", ann="a.json", run=str(tmp_path / "run"))
+    assert config.review.native is True
+    config.save(tmp_path / "new.json")
+    assert TrainConfig.load(tmp_path / "new.json").review.native is True
+    old = json.loads((tmp_path / "new.json").read_text())
+    del old["review"]["native"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = TrainConfig.load(tmp_path / "old.json")
+    assert loaded.review.native is False
+    assert dataclasses.replace(loaded.review, native=True) == config.review
 
 
 def mirror_dataset(src, dst):

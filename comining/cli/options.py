@@ -18,6 +18,10 @@ def add_review_mining_args(p) -> None:
                    help="mine at these input sizes, as multiples of --image-size, their boxes "
                         "joined per view before grouping (default 1; e.g. 1 1.6 also finds "
                         "small objects, for 1 + 1.6^2 times the mining time)")
+    g.add_argument("--review-native", action=argparse.BooleanOptionalAction, default=None,
+                   help="when --image-size shrinks the images, also mine at their own size "
+                        "(at most 2x --image-size): the objects the shrinking made small are "
+                        "found there (default on; --no-review-native: the --review-scales only)")
     g.add_argument("--review-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also mine the horizontally mirrored images (at every --review-scales "
                         "size), their boxes mirrored back and joined per view: more missing "
@@ -32,7 +36,7 @@ def review_changes_from_args(args) -> dict:
     return {name: getattr(args, arg) for name, arg in (
         ("score_floor", "review_score_floor"), ("max_objects", "review_max_objects"),
         ("rank", "review_rank"), ("label_iou", "label_iou"), ("scales", "review_scales"),
-        ("flip", "review_flip"))
+        ("native", "review_native"), ("flip", "review_flip"))
         if getattr(args, arg, None) is not None}
 
 

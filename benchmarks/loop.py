@@ -460,7 +460,7 @@ def review_line(meta: dict) -> str:
     training size only."""
     scales = meta.get("review_scales", [1.0])
     how = [f"at {' and '.join(f'{x:g}x' for x in scales)} the training size"] if scales != [1.0] else []
-    how += ["at the images' own size too (where training shrinks them)"] if meta.get("review_native") else []
+    how += ["at the images' own size too, where training shrinks them"] if meta.get("review_native") else []
     how += ["plain and mirrored"] if meta.get("review_flip") else []
     if not how:
         return ""

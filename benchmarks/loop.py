@@ -164,20 +164,23 @@ def review_queue(run_dir: Path, checkpoint: int, oracle: Oracle, *, stop_below: 
     return out
 
 
-def truth_remaining(run_dir: Path, checkpoint: int, oracle: Oracle) -> int:
-    """Erased labels not yet found that a pending object of the queue matches."""
+def pending_matches(run_dir: Path, checkpoint: int, oracle: Oracle) -> tuple[list, list]:
+    """(scores, the unfound erased label each matches or None) of the queue's pending
+    objects: one pass over the queue for both the truth and the audit bound."""
     from comining import review
 
     r = review.open_run(run_dir)
     try:
-        hit = set()
-        for it in review.queue_items(r, checkpoint):
-            m = oracle.match(it.image_id, it.box)
-            if m:
-                hit.add(m[0])
-        return len(hit)
+        items = review.queue_items(r, checkpoint)
+        return ([it.score for it in items],
+                [(m[0] if (m := oracle.match(it.image_id, it.box)) else None) for it in items])
     finally:
         r.close()
+
+
+def truth_remaining(labels: list) -> int:
+    """Erased labels not yet found that a pending object of the queue matches."""
+    return len({lab for lab in labels if lab is not None})
 
 
 AUDIT_ERROR = 0.15     # the issue's bound on the remaining-objects estimate
@@ -201,19 +204,6 @@ def audit_size(scores, missing, *, error: float = AUDIT_ERROR, bands: int = AUDI
     s_h = np.sqrt(p_h * (1 - p_h) * n_h / np.maximum(n_h - 1, 1))
     need = (n_h * s_h).sum() ** 2 / ((error * y.sum()) ** 2 + (n_h * s_h ** 2).sum())
     return int(np.ceil(need))
-
-
-def pending_missing(run_dir: Path, checkpoint: int, oracle: Oracle) -> tuple[list, list]:
-    """(scores, whether each is a missing object not found yet) of the queue's pending objects."""
-    from comining import review
-
-    r = review.open_run(run_dir)
-    try:
-        items = review.queue_items(r, checkpoint)
-        return ([it.score for it in items],
-                [oracle.match(it.image_id, it.box) is not None for it in items])
-    finally:
-        r.close()
 
 
 def oracle_of(run_dir: Path, hidden: dict) -> Oracle:
@@ -326,8 +316,9 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
             before += d
             curve.append(before)
         est = estimate(run, checkpoint)
-        truth = truth_remaining(run, checkpoint, oracle)
-        audit = audit_size(*pending_missing(run, checkpoint, oracle))
+        scores, labels = pending_matches(run, checkpoint, oracle)
+        truth = truth_remaining(labels)
+        audit = audit_size(scores, [lab is not None for lab in labels])
         row = {"round": n, "checkpoint": checkpoint, "decisions": len(decisions),
                "accepted": int(sum(decisions)), "decisions_total": len(curve),
                "recovered_oracle": len(oracle.found),
@@ -361,8 +352,8 @@ def reestimate(run: Path, rows: list[dict], hidden: dict) -> None:
             shutil.copy2(run.parent / f"round{row['round']}.sqlite", Path(tmp) / "comining.sqlite")
             shutil.copy2(run / "config.json", Path(tmp) / "config.json")
             est = estimate(Path(tmp), row["checkpoint"])
-            row["audit_decisions"] = audit_size(*pending_missing(
-                Path(tmp), row["checkpoint"], oracle_of(Path(tmp), hidden)))
+            scores, labels = pending_matches(Path(tmp), row["checkpoint"], oracle_of(Path(tmp), hidden))
+            row["audit_decisions"] = audit_size(scores, [lab is not None for lab in labels])
         row["estimate_remaining"] = None if est is None else round(est.total, 1)
         row["estimate_extrapolated"] = None if est is None else round(est.extrapolated, 1)
         row["estimate_per_class"] = None if est is None else {

@@ -170,13 +170,13 @@ def build_backbone(name: str, weights_backbone: str = "none", fpn_channels: int 
     norm = misc_ops.FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
     if p6_from_c5 and name == "mobilenet_v3":
         raise InputError(None, "RetinaNet v2 (P6 from C5) needs a ResNet backbone")
-    c5 = {"resnet18": 512, "resnet34": 512}.get(name, 2048)
-    extra = LastLevelP6P7(c5 if p6_from_c5 else 256, 256)
     if name == "mobilenet_v3":
         body = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=weights, fpn=True,
                                   norm_layer=norm, trainable_layers=3 if pretrained else 6,
                                   returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
     else:
+        c5 = {"resnet18": 512, "resnet34": 512}.get(name, 2048)
+        extra = LastLevelP6P7(c5 if p6_from_c5 else 256, 256)
         body = resnet_fpn_backbone(backbone_name=name, weights=weights, norm_layer=norm,
                                    trainable_layers=3 if pretrained else 5,
                                    returned_layers=[2, 3, 4], extra_blocks=extra)

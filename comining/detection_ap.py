@@ -80,7 +80,8 @@ def _evaluator_classes(evaluator: str):
     return COCO, lambda gt, dt: COCOeval(gt, dt, iouType="bbox")
 
 
-def coco_ap(gt: dict, detections: list[dict], *, evaluator: str = "auto") -> dict:
+def coco_ap(gt: dict, detections: list[dict], *, evaluator: str = "auto",
+            per_class: bool = False) -> dict:
     """COCO box AP of ``detections`` (results format: image_id, category_id, bbox xywh,
     score; the dataset's own ids) against the COCO dict ``gt``.
 
@@ -88,6 +89,10 @@ def coco_ap(gt: dict, detections: list[dict], *, evaluator: str = "auto") -> dic
     pycocotools reports -1 (no ground truth in that range). Zero detections give 0.0
     wherever ground truth exists. Neither argument is modified. `evaluator`: auto,
     faster (faster-coco-eval) or pycocotools; both give the same numbers.
+
+    per_class: also "per_class", {category_id: AP (IoU 0.5:0.95, all sizes) or None where
+    the class has no ground truth}: a class the detector has not learned yet shows here,
+    hidden in the mean.
     """
     COCO, make_eval = _evaluator_classes(evaluator)
 
@@ -111,4 +116,19 @@ def coco_ap(gt: dict, detections: list[dict], *, evaluator: str = "auto") -> dic
         ev.accumulate()
         ev.summarize()
     stats = ev.stats[:6]
-    return {k: (None if v < 0 else float(v)) for k, v in zip(AP_KEYS, stats)}
+    out = {k: (None if v < 0 else float(v)) for k, v in zip(AP_KEYS, stats)}
+    if per_class:
+        out["per_class"] = _per_class_ap(ev.eval["precision"], list(ev.params.catIds))
+    return out
+
+
+def _per_class_ap(precision, category_ids: list) -> dict:
+    """AP of each class from COCOeval's accumulated precision [T, R, K, A, M]: the mean over
+    IoU thresholds and recall points, area 'all' (index 0), the largest maxDets (-1), as
+    pycocotools' summarize() takes AP; -1 entries (no ground truth) left out."""
+    out = {}
+    for k, category_id in enumerate(category_ids):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        out[category_id] = float(p.mean()) if p.size else None
+    return out

@@ -113,6 +113,19 @@ def test_wrong_class_detection_scores_zero_and_empty_ranges_are_none():
     assert ap["APs"] is None and ap["APl"] is None  # no ground truth of that size
 
 
+def test_per_class_ap_shows_the_class_the_mean_hides():
+    # class 3: both objects found; class 8: one of two found (the 101-point answer);
+    # a third category without ground truth has no AP.
+    gt = gt_dict({1: [(3, [10, 10, 40, 40]), (8, [100, 100, 40, 40])],
+                  2: [(3, [20, 20, 50, 50]), (8, [120, 20, 40, 60])]})
+    gt["categories"].append({"id": 11, "name": "cross"})
+    dets = [d for d in dets_from(gt) if not (d["category_id"] == 8 and d["image_id"] == 2)]
+    ap = coco_ap(gt, dets, per_class=True)
+    assert ap["per_class"] == {3: pytest.approx(1.0), 8: pytest.approx(51 / 101), 11: None}
+    assert ap["AP"] == pytest.approx((1.0 + 51 / 101) / 2)
+    assert "per_class" not in coco_ap(gt, dets)
+
+
 def test_coco_ap_leaves_its_inputs_alone_and_rejects_foreign_detections():
     gt = gt_dict(ALL_SIZES)
     dets = dets_from(gt)
@@ -370,8 +383,11 @@ def test_cli_detection_ap_uses_predict_dataset(tmp_path, capsys, monkeypatch):
                  "--checkpoint", "100", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert all(data[k] == pytest.approx(1.0) for k in AP_KEYS)
+    assert data["per_class"] == {"disc": pytest.approx(1.0), "square": pytest.approx(1.0)}
     assert calls == [(run, 100)]
-    assert "1.000" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "1.000" in out_text
+    assert "AP per class: disc 1.000, square 1.000" in out_text
 
 
 def test_cli_anchors_score_fiftyone_on_the_runs_predictions(tmp_path, capsys, monkeypatch):
@@ -415,8 +431,11 @@ def test_faster_evaluator_gives_pycocotools_numbers():
             dets.append({"image_id": im["id"], "category_id": rng.choice((1, 5, 9)),
                          "score": rng.random() * 0.6, "bbox": [rng.uniform(0, 150), 20, 30, 30]})
     gt = {"images": images, "categories": cats, "annotations": anns}
-    fast = coco_ap(gt, dets, evaluator="faster")
-    slow = coco_ap(gt, dets, evaluator="pycocotools")
+    fast = coco_ap(gt, dets, evaluator="faster", per_class=True)
+    slow = coco_ap(gt, dets, evaluator="pycocotools", per_class=True)
     assert 0.1 < slow["AP"] < 0.9
-    for key in slow:
+    for key in AP_KEYS:
         assert fast[key] == pytest.approx(slow[key], abs=1e-9), key
+    assert set(slow["per_class"]) == {1, 5, 9}
+    for c in (1, 5, 9):
+        assert fast["per_class"][c] == pytest.approx(slow["per_class"][c], abs=1e-9), c

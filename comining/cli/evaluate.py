@@ -107,7 +107,11 @@ def detection_ap(run_dir: Path, images: str, ann: str, checkpoint, device: str,
     gt = load_coco_json(ann)
     dets = predict_dataset(run_dir, images, ann, checkpoint=checkpoint or "last", device=device,
                            batch_size=batch_size)
-    ap = coco_ap(gt, dets)
+    ap = coco_ap(gt, dets, per_class=True)
+    names = {c["id"]: str(c.get("name", c["id"])) for c in gt["categories"]}
+    if len(set(names.values())) < len(names):    # same-named classes: tell them apart by id
+        names = {c: f"{n} ({c})" for c, n in names.items()}
+    ap["per_class"] = {names[c]: v for c, v in ap["per_class"].items()}
     return {**ap, "n_detections": len(dets), "n_images": len(gt["images"]),
             "n_annotations": sum(1 for a in gt.get("annotations", []) if not a.get("iscrowd", 0))}
 
@@ -196,6 +200,9 @@ def print_ap(result: dict, checkpoint) -> None:
           f"{result['n_detections']} detections (checkpoint {checkpoint or 'last'}):")
     print("  " + "  ".join(f"{k:>6}" for k in AP_KEYS))
     print("  " + "  ".join(f"{_fmt(result[k]):>6}" for k in AP_KEYS))
+    if result.get("per_class"):
+        print("  AP per class: " + ", ".join(f"{name} {_fmt(v)}"
+                                             for name, v in result["per_class"].items()))
 
 
 def _mining_row(name: str, m: dict, it="") -> str:

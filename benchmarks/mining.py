@@ -66,9 +66,11 @@ LAST = "last"
 
 
 def prepare(name: str, spec: dict, work: Path, *, train_missing: bool = True,
-            settings: dict | None = None, device: str = "cpu", run_name: str = "run") -> dict:
+            settings: dict | None = None, device: str = "cpu", run_name: str = "run",
+            seed: int = 0) -> dict:
     """Generate, sparsify (hard) and train what is missing (WORK/NAME/RUN_NAME, by the
-    demo's CPU recipe unless `settings` say otherwise); returns the paths."""
+    demo's CPU recipe unless `settings` say otherwise, with training seed `seed`: the data
+    do not depend on it); returns the paths."""
     from comining.cli.demo import CPU_SETTINGS
     from comining.config import TrainConfig
     from comining.checkpoints import list_checkpoints
@@ -90,7 +92,7 @@ def prepare(name: str, spec: dict, work: Path, *, train_missing: bool = True,
     run = root / run_name
     config = TrainConfig(images=str(data / "images"), ann=str(sparse), run=str(run),
                          method="comining", weights_backbone="none", device=device,
-                         seed=0, hidden=str(hidden), num_workers=1, log_every=10,
+                         seed=seed, hidden=str(hidden), num_workers=1, log_every=10,
                          **(settings or CPU_SETTINGS))
     done = list_checkpoints(run)
     if train_missing and (not done or done[-1][0] < config.iters):

@@ -33,3 +33,38 @@ def test_audit_needs_nothing_where_the_bands_separate_missing_from_false():
     assert loop.audit_size(scores, missing, bands=10) == 0
     assert loop.audit_size(scores, missing, bands=1) == 81
     assert loop.audit_size(scores, np.zeros(100, bool)) is None      # nothing left to count
+
+
+def saved_loop(loop_curve, finish_curve, shot_curve, budgets, n_erased=10, seed=3):
+    rounds = [{"decisions_total": b, "val_ap": 0.1 * (k + 1)} for k, b in enumerate(budgets)]
+    return {"meta": {"round0_seed": seed, "commit": "abc1234"},
+            "loops": {"comining": {"rounds": rounds, "curve": loop_curve,
+                                   "finish": {"curve": finish_curve}}},
+            "one_shot": {"n_erased": n_erased, "curve": shot_curve}}
+
+
+def test_seed_row_counts_decisions_to_nine_of_ten_by_hand():
+    """10 erased: the goal is 9. The loop finds 1 per decision for 8 decisions, then its
+    last queue's rest gives the 9th at decision 10 (8 + 2): 10 decisions, 1.11 per label.
+    One-shot needs 20. At the round's budget (8) the loop has 8 and one-shot 2: ahead."""
+    loop_curve = list(range(1, 9))
+    shot_curve = [k // 3 for k in range(1, 19)] + [8, 9]
+    row = loop.seed_row("r", saved_loop(loop_curve, [8, 9], shot_curve, [8]))
+    assert (row["loop_decisions"], row["one_shot_decisions"]) == (10, 20)
+    assert row["per_label"] == 10 / 9 and row["fewer"] == 0.5
+    assert row["ahead_at_every_budget"] and row["targets_met"]
+    assert (row["seed"], row["round0_ap"]) == (3, 0.1)
+
+
+def test_seed_row_fails_the_targets_when_one_shot_is_ahead_at_a_budget_or_the_effort_is_high():
+    # at the first round's budget (4) one-shot has 4 and the loop 2: not ahead
+    behind = loop.seed_row("r", saved_loop([0, 1, 1, 2, 5, 6, 7, 8, 9], [], list(range(1, 10)) + [9] * 5,
+                                           [4, 9]))
+    assert not behind["ahead_at_every_budget"] and not behind["targets_met"]
+    # 9 found only after 20 decisions: 2.2 per label, above 1.3, though one-shot never gets there
+    slow = loop.seed_row("r", saved_loop([1] * 19 + [9], [], [1] * 30, [20]))
+    assert slow["loop_decisions"] == 20 and slow["one_shot_decisions"] is None
+    assert slow["fewer"] is None and not slow["targets_met"]
+    report = loop.seeds_report([slow])
+    assert "| 20 | 2.22 | - | - | yes | no |" in report[6]
+    assert report[-2] == "Targets on decisions met from 0 of 1 round-0 models."

@@ -136,11 +136,22 @@ class Oracle:
         return (todo[j][0], todo[j][1]) if iou[j] >= MATCH_IOU else None
 
 
+def stops(decisions: list[bool], stop_below: float | None, max_accepts: int | None = None) -> bool:
+    """Whether the annotator ends the round after these decisions: the queue stopped
+    paying (fewer than stop_below of the last WINDOW were accepts), or its accepts reached
+    max_accepts (the growth rule: retrain once the labels grew enough)."""
+    if max_accepts is not None and sum(decisions) >= max_accepts:
+        return True
+    return (stop_below is not None and len(decisions) >= WINDOW
+            and float(np.mean(decisions[-WINDOW:])) < stop_below)
+
+
 def review_queue(run_dir: Path, checkpoint: int, oracle: Oracle, *, stop_below: float | None,
-                 client: str = "oracle") -> list[bool]:
+                 client: str = "oracle", max_accepts: int | None = None) -> list[bool]:
     """The oracle decides the checkpoint's queue in order; returns its decisions
     (True: accepted). Items a decision of this pass covers (IoU >= 0.5 on their image,
-    as the app's queue hides them) are skipped, as the live queue would."""
+    as the app's queue hides them) are skipped, as the live queue would. It stops where
+    `stops` says."""
     from comining import review
     from comining.boxes import iou_matrix
 
@@ -160,7 +171,7 @@ def review_queue(run_dir: Path, checkpoint: int, oracle: Oracle, *, stop_below: 
                 review.decide(r, it.id, "rejected", client=client)
             decided[it.image_id].append(it.box)
             out.append(bool(hit))
-            if stop_below is not None and len(out) >= WINDOW and np.mean(out[-WINDOW:]) < stop_below:
+            if stops(out, stop_below, max_accepts):
                 break
     finally:
         r.close()
@@ -292,9 +303,20 @@ def mine_for_review(run: Path, changes: dict, device: str = "cpu") -> None:
     mine_checkpoint(run, "last", review=config.review, device=device)
 
 
+def labels_trained_on(run: Path, round_n: int) -> int:
+    """Non-crowd annotations the round's detector trained on: the input annotations for
+    round 0, the round's targets (input + accepted) after."""
+    from comining.fileio import read_json
+    from comining.checkpoints import load_run_config
+    from comining.rounds import round_dir
+
+    path = load_run_config(run).ann if round_n == 0 else round_dir(run, round_n) / "targets.json"
+    return sum(1 for a in read_json(path)["annotations"] if not a.get("iscrowd", 0))
+
+
 def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, iters: int,
              stop_below: float, tag: str = "", review: dict | None = None,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", retrain_growth: float | None = None) -> dict:
     from comining import store
     from comining.fileio import read_json
     from comining.rounds import refine
@@ -314,7 +336,11 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
         conn.close()
         t0 = time.perf_counter()
         before = len(oracle.found)
-        decisions = review_queue(run, checkpoint, oracle, stop_below=stop_below)
+        max_accepts = None
+        if retrain_growth and n < rounds:     # the last round has no retraining to wait for
+            max_accepts = math.ceil(retrain_growth * labels_trained_on(run, n))
+        decisions = review_queue(run, checkpoint, oracle, stop_below=stop_below,
+                                 max_accepts=max_accepts)
         for d in decisions:
             before += d
             curve.append(before)
@@ -470,7 +496,10 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
              f"{meta['when']}, commit {meta['commit']}, {meta['hardware']}; {meta['setting']}."
              + (f" Estimates {meta['estimates']}." if meta.get("estimates") else ""),
              f"Oracle annotator; a round stops when fewer than {meta['stop_below']:.0%} of its last "
-             f"{WINDOW} decisions were accepts; refine rounds of {meta['iters']} iterations "
+             f"{WINDOW} decisions were accepts"
+             + (f", or once its accepts reached {meta['retrain_growth']:.0%} of the labels its "
+                f"detector trained on (but the last round's)" if meta.get("retrain_growth") else "")
+             + f"; refine rounds of {meta['iters']} iterations "
              f"(round 0: {meta['round0_iters']})"
              + review_line(meta)
              + f". {n} erased labels; the target is {goal} ({TARGET:.0%}).", ""]
@@ -596,6 +625,9 @@ def main(argv=None) -> int:
     p.add_argument("--stop-below", type=float, default=STOP_BELOW,
                    help=f"the oracle's stop rule: the yield of its last {WINDOW} decisions "
                         f"(default {STOP_BELOW})")
+    p.add_argument("--retrain-growth", type=float, metavar="F",
+                   help="the oracle also retrains once a round's accepts reach F times the labels "
+                        "its detector trained on (e.g. 0.25), not only when the queue stops paying")
     p.add_argument("--name", default="loop", help="results file name (default loop)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--finish", action="store_true",
@@ -669,7 +701,7 @@ def main(argv=None) -> int:
                             device=recipe.device)
         loops[method] = run_loop(method, data, run0, args.work, rounds=args.rounds, iters=iters,
                                  stop_below=args.stop_below, tag=tag, review=review,
-                                 device=recipe.device)
+                                 device=recipe.device, retrain_growth=args.retrain_growth)
         if args.finish:
             from comining.fileio import read_json
             hidden = read_json(data / "annotations" / "train_hard_hidden.json")
@@ -687,7 +719,7 @@ def main(argv=None) -> int:
             "round0_seed": recipe.seed, "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
             "review_native": args.review_native,
             "one_shot_review": None if review is None else not args.one_shot_from,
-            "window": WINDOW, "stop_below": args.stop_below, "wall_s": round(time.perf_counter() - t0)}
+            "window": WINDOW, "stop_below": args.stop_below, "retrain_growth": args.retrain_growth, "wall_s": round(time.perf_counter() - t0)}
     lines = report(loops, shot, meta)
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)

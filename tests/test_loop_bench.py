@@ -68,3 +68,14 @@ def test_seed_row_fails_the_targets_when_one_shot_is_ahead_at_a_budget_or_the_ef
     report = loop.seeds_report([slow])
     assert "| 20 | 2.22 | - | - | yes | no |" in report[6]
     assert report[-2] == "Targets on decisions met from 0 of 1 round-0 models."
+
+
+def test_the_oracle_stops_when_the_queue_stops_paying_or_the_labels_grew_enough():
+    window = loop.WINDOW
+    paying = [True, False] * (window // 2)             # exactly half accepted: goes on
+    assert not loop.stops(paying, 0.5)
+    assert loop.stops(paying + [False], 0.5)           # last window: 14 or 15 of 30, < half
+    assert not loop.stops([False] * (window - 1), 0.5)  # the window is not full yet
+    assert not loop.stops([True] * 10, 0.5, max_accepts=11)
+    assert loop.stops([True] * 10 + [False], 0.5, max_accepts=10)
+    assert not loop.stops([False] * 100, None)          # no rule: the whole queue

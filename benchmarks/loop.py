@@ -559,7 +559,7 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
     return lines
 
 
-def seed_row(name: str, saved: dict, method: str = "comining") -> dict:
+def seed_row(name: str, saved: dict, method: str = "comining", start: str | None = None) -> dict:
     """One loop result (NAME.json) as the issue's targets see it: the loop (with the rest
     of its last queue) against one-shot review of the same round 0's queue."""
     res, shot, meta = saved["loops"][method], saved["one_shot"], saved["meta"]
@@ -570,7 +570,8 @@ def seed_row(name: str, saved: dict, method: str = "comining") -> dict:
     budgets = sorted({r["decisions_total"] for r in res["rounds"]})
     ahead = all(at(res["curve"], b) >= at(shot["curve"], b) for b in budgets)
     fewer = (1 - loop_reach / shot_reach) if loop_reach and shot_reach else None
-    return {"name": name, "seed": meta.get("round0_seed", 0), "commit": meta["commit"],
+    seed = meta.get("round0_seed", 0)
+    return {"name": name, "seed": seed, "start": start or f"seed {seed}", "commit": meta["commit"],
             "round0_ap": res["rounds"][0]["val_ap"], "last_ap": res["rounds"][-1]["val_ap"],
             "loop_decisions": loop_reach, "per_label": loop_reach / goal if loop_reach else None,
             "one_shot_decisions": shot_reach, "fewer": fewer, "ahead_at_every_budget": ahead,
@@ -588,12 +589,12 @@ def seeds_report(rows: list[dict]) -> list[str]:
              f"One row per loop result (benchmarks/results/NAME.json, method `comining`): round 0 "
              f"trained by the demo's CPU recipe with another seed (the data stay the demo's). "
              f"Decisions to {TARGET:.0%} count the loop's rounds and then the rest of its last queue.",
-             "", "| result | round-0 seed | commit | round-0 val AP | last round val AP "
+             "", "| result | round 0's start | commit | round-0 val AP | last round val AP "
              f"| loop: decisions to {TARGET:.0%} | per recovered label | one-shot: decisions to "
              f"{TARGET:.0%} | loop's saving | loop ahead at every budget | targets met |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['seed']} | {r['commit']} | {r['round0_ap']:.3f} | "
+        lines.append(f"| {r['name']} | {r['start']} | {r['commit']} | {r['round0_ap']:.3f} | "
                      f"{r['last_ap']:.3f} | {fmt(r['loop_decisions'], 'd')} | "
                      f"{fmt(r['per_label'], '.2f')} | {fmt(r['one_shot_decisions'], 'd')} | "
                      f"{fmt(r['fewer'], '.0%')} | {'yes' if r['ahead_at_every_budget'] else 'no'} | "
@@ -647,16 +648,20 @@ def main(argv=None) -> int:
     p.add_argument("--one-shot-from", metavar="NAME",
                    help="reuse the one-shot arm of benchmarks/results/NAME.json (it depends on "
                         "round 0 only) instead of reviewing round 0's whole queue again")
-    p.add_argument("--summary", nargs="+", metavar="NAME",
+    p.add_argument("--summary", nargs="+", metavar="NAME[=START]",
                    help="run nothing: tabulate these loop results (NAME.json, one per round-0 "
-                        "seed) into --name's .md and .json")
+                        "model; START describes how it started, default its seed) into --name's "
+                        ".md and .json")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing (but --finish): rewrite NAME.md from NAME.json")
     args = p.parse_args(argv)
     tag = "" if args.name == "loop" else f"_{args.name}"   # work folders: loop_<method><tag>
     if args.summary:
-        rows = [seed_row(name, json.loads((args.out / f"{name}.json").read_text()))
-                for name in args.summary]
+        rows = []
+        for item in args.summary:
+            name, _, start = item.partition("=")
+            rows.append(seed_row(name, json.loads((args.out / f"{name}.json").read_text()),
+                                 start=start or None))
         lines = seeds_report(rows)
         (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
         (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1) + "\n")

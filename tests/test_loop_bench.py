@@ -53,7 +53,7 @@ def test_seed_row_counts_decisions_to_nine_of_ten_by_hand():
     assert (row["loop_decisions"], row["one_shot_decisions"]) == (10, 20)
     assert row["per_label"] == 10 / 9 and row["fewer"] == 0.5
     assert row["ahead_at_every_budget"] and row["targets_met"]
-    assert (row["seed"], row["round0_ap"]) == (3, 0.1)
+    assert (row["seed"], row["start"], row["round0_ap"]) == (3, "seed 3", 0.1)
 
 
 def test_seed_row_fails_the_targets_when_one_shot_is_ahead_at_a_budget_or_the_effort_is_high():

@@ -50,6 +50,8 @@ from comining.rounds import RETRAIN_WINDOW as WINDOW  # noqa: E402
 
 # The stop rule is the app's suggestion to retrain (comining.rounds.retrain_advice): the
 # last WINDOW decisions accepted less often than STOP_BELOW: retrain (or stop, last round).
+# --retrain-growth adds a rule the app does not suggest: retrain once the round's accepts
+# reach that share of the labels its detector learnt from.
 MATCH_IOU = 0.5
 TARGET = 0.9           # share of the erased labels the issue asks to recover
 
@@ -484,8 +486,11 @@ def review_line(meta: dict) -> str:
     how += ["plain and mirrored"] if meta.get("review_flip") else []
     if not how:
         return ""
-    shot = "" if meta.get("one_shot_review") is None else (
-        "; one-shot's queue mined so too" if meta["one_shot_review"] else "; one-shot's queue as by default")
+    if meta.get("one_shot_from"):
+        shot = f"; one-shot's queue as in {meta['one_shot_from']}.md"
+    else:
+        shot = "" if meta.get("one_shot_review") is None else (
+            "; one-shot's queue mined so too" if meta["one_shot_review"] else "; one-shot's queue as by default")
     return f"; mined for review {', '.join(how)} (round 0's last checkpoint mined again so{shot})"
 
 
@@ -628,7 +633,8 @@ def main(argv=None) -> int:
                         f"(default {STOP_BELOW})")
     p.add_argument("--retrain-growth", type=float, metavar="F",
                    help="the oracle also retrains once a round's accepts reach F times the labels "
-                        "its detector trained on (e.g. 0.25), not only when the queue stops paying")
+                        "its detector trained on (e.g. 0.25; measured in loop_growth25.md and "
+                        "loop_head_growth25.md), not only when the queue stops paying")
     p.add_argument("--name", default="loop", help="results file name (default loop)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--finish", action="store_true",
@@ -724,6 +730,7 @@ def main(argv=None) -> int:
             "round0_seed": recipe.seed, "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
             "review_native": args.review_native,
             "one_shot_review": None if review is None else not args.one_shot_from,
+            "one_shot_from": args.one_shot_from,
             "window": WINDOW, "stop_below": args.stop_below, "retrain_growth": args.retrain_growth, "wall_s": round(time.perf_counter() - t0)}
     lines = report(loops, shot, meta)
     print("\n".join(lines))

@@ -54,6 +54,8 @@ from comining.rounds import RETRAIN_WINDOW as WINDOW  # noqa: E402
 # reach that share of the labels its detector learnt from.
 MATCH_IOU = 0.5
 TARGET = 0.9           # share of the erased labels the issue asks to recover
+MAX_PER_LABEL = 1.3    # ... at most this many decisions per recovered label
+MIN_SAVING = 0.25      # ... and at least this share fewer decisions than one-shot review
 
 
 # ----------------------------------------------------------------------------- round-0 runs
@@ -197,6 +199,11 @@ def pending_matches(run_dir: Path, checkpoint: int, oracle: Oracle) -> tuple[lis
 def truth_remaining(labels: list) -> int:
     """Erased labels not yet found that a pending object of the queue matches."""
     return len({lab for lab in labels if lab is not None})
+
+
+def audit_of(scores: list, labels: list) -> int | None:
+    """audit_size of pending_matches' output: an object is missing when it matches a label."""
+    return audit_size(scores, [lab is not None for lab in labels])
 
 
 AUDIT_ERROR = 0.15     # the issue's bound on the remaining-objects estimate
@@ -349,7 +356,7 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
         est = estimate(run, checkpoint)
         scores, labels = pending_matches(run, checkpoint, oracle)
         truth = truth_remaining(labels)
-        audit = audit_size(scores, [lab is not None for lab in labels])
+        audit = audit_of(scores, labels)
         row = {"round": n, "checkpoint": checkpoint, "decisions": len(decisions),
                "accepted": int(sum(decisions)), "decisions_total": len(curve),
                "recovered_oracle": len(oracle.found),
@@ -384,7 +391,7 @@ def reestimate(run: Path, rows: list[dict], hidden: dict) -> None:
             shutil.copy2(run / "config.json", Path(tmp) / "config.json")
             est = estimate(Path(tmp), row["checkpoint"])
             scores, labels = pending_matches(Path(tmp), row["checkpoint"], oracle_of(Path(tmp), hidden))
-            row["audit_decisions"] = audit_size(scores, [lab is not None for lab in labels])
+            row["audit_decisions"] = audit_of(scores, labels)
         row["estimate_remaining"] = None if est is None else round(est.total, 1)
         row["estimate_extrapolated"] = None if est is None else round(est.extrapolated, 1)
         row["estimate_per_class"] = None if est is None else {
@@ -580,13 +587,14 @@ def seed_row(name: str, saved: dict, method: str = "comining", start: str | None
             "round0_ap": res["rounds"][0]["val_ap"], "last_ap": res["rounds"][-1]["val_ap"],
             "loop_decisions": loop_reach, "per_label": loop_reach / goal if loop_reach else None,
             "one_shot_decisions": shot_reach, "fewer": fewer, "ahead_at_every_budget": ahead,
-            "targets_met": bool(loop_reach and loop_reach / goal <= 1.3 and ahead
-                                and fewer is not None and fewer >= 0.25)}
+            "targets_met": bool(loop_reach and loop_reach / goal <= MAX_PER_LABEL and ahead
+                                and fewer is not None and fewer >= MIN_SAVING)}
 
 
 def seeds_report(rows: list[dict]) -> list[str]:
     """A table of loop results from several round-0 models (seeds), and how many meet the
-    targets on decisions (<= 1.3 per recovered label; >= 25% fewer than one-shot)."""
+    targets on decisions (MAX_PER_LABEL decisions per recovered label; MIN_SAVING fewer than
+    one-shot)."""
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 

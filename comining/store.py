@@ -38,13 +38,13 @@ Schema (version SCHEMA_VERSION):
       the annotator's decisions, append-only (undo marks a row undone); the box and class
       are the decided ones (an edited box keeps its candidate_id)
   rounds(round INTEGER PRIMARY KEY, start_iteration INTEGER, end_iteration INTEGER,
-         targets TEXT, rejected TEXT, decision_ids TEXT, n_accepted INTEGER,
-         n_rejected INTEGER, started_at TEXT)
+         targets TEXT, rejected TEXT, n_accepted INTEGER, n_rejected INTEGER, started_at TEXT)
       the loop's refine rounds (comining.rounds; round 0, training on the inputs, has no
       row): round r trains from checkpoint start_iteration to end_iteration on `targets`
-      (the inputs + the accepted boxes) with `rejected` as known background, made from the
-      decisions decision_ids (json list); its checkpoints are those after start_iteration
-      up to end_iteration
+      (the inputs + the accepted boxes) with `rejected` as known background; its
+      checkpoints are those after start_iteration up to end_iteration
+  round_decisions(round INTEGER, decision_id INTEGER, PRIMARY KEY (round, decision_id))
+      the standing decisions each round's targets were made from
 
 WAL journal and a busy timeout let the review app and an export share the file.
 """
@@ -59,7 +59,7 @@ from pathlib import Path
 
 from comining.errors import InputError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STORE_NAME = "comining.sqlite"
 VIEWS = ("original", "augmented")
 
@@ -90,13 +90,19 @@ CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, candidate_id INTEG
 CREATE INDEX IF NOT EXISTS decisions_by_candidate ON decisions (candidate_id);
 CREATE INDEX IF NOT EXISTS decisions_by_image ON decisions (image_id);
 """
-# Version 3 added: rounds.
+_ROUND_DECISIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS round_decisions (
+    round INTEGER NOT NULL REFERENCES rounds(round),
+    decision_id INTEGER NOT NULL REFERENCES decisions(id),
+    PRIMARY KEY (round, decision_id)) WITHOUT ROWID;
+"""
+# Version 3 added: rounds (with the decisions' ids as a json column); version 4 moved those
+# ids to round_decisions, a table SQL can join and the decisions' ids are checked against.
 _ROUNDS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, start_iteration INTEGER NOT NULL,
     end_iteration INTEGER NOT NULL, targets TEXT NOT NULL, rejected TEXT NOT NULL,
-    decision_ids TEXT NOT NULL, n_accepted INTEGER NOT NULL, n_rejected INTEGER NOT NULL,
-    started_at TEXT NOT NULL);
-"""
+    n_accepted INTEGER NOT NULL, n_rejected INTEGER NOT NULL, started_at TEXT NOT NULL);
+""" + _ROUND_DECISIONS_SCHEMA
 # Version 2 added: objects, candidates.object_id, checkpoints.settings (see _migrate_v1).
 _OBJECTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (id INTEGER PRIMARY KEY,
@@ -147,6 +153,9 @@ def connect(path: str | Path, *, create: bool = False, timeout: float = 30.0) ->
         if version == 2:
             _migrate_v2(conn)
             version = schema_version(conn)
+        if version == 3:
+            _migrate_v3(conn)
+            version = schema_version(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise InputError(path, f"not a comining store ({exc})") from None
@@ -181,13 +190,30 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_v2(conn: sqlite3.Connection) -> None:
-    """Version 2 -> 3: the rounds table (a version-2 run has round 0 only)."""
+    """Version 2 -> 4: the rounds tables (a version-2 run has round 0 only, so there is no
+    version-3 rounds row to carry over)."""
     with transaction(conn):
         if schema_version(conn) != 2:
             return
         for stmt in _statements(_ROUNDS_SCHEMA):
             conn.execute(stmt)
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                     (str(SCHEMA_VERSION),))
+
+
+def _migrate_v3(conn: sqlite3.Connection) -> None:
+    """Version 3 -> 4 in one transaction: each round's json list of decision ids becomes
+    rows of round_decisions, and the column goes."""
+    with transaction(conn):
+        if schema_version(conn) != 3:
+            return
+        for stmt in _statements(_ROUND_DECISIONS_SCHEMA):
+            conn.execute(stmt)
+        conn.execute("INSERT INTO round_decisions (round, decision_id) "
+                     "SELECT r.round, CAST(j.value AS INTEGER) "
+                     "FROM rounds r, json_each(r.decision_ids) j")
+        conn.execute("ALTER TABLE rounds DROP COLUMN decision_ids")
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
 
 
 def schema_version(conn: sqlite3.Connection) -> int | None:
@@ -354,10 +380,18 @@ def add_round(conn: sqlite3.Connection, *, round: int, start_iteration: int, end
               targets: str, rejected: str, decision_ids: list[int], n_accepted: int,
               n_rejected: int) -> None:
     with transaction(conn):
-        conn.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO rounds (round, start_iteration, end_iteration, targets, "
+                     "rejected, n_accepted, n_rejected, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                      (round, start_iteration, end_iteration, targets, rejected,
-                      json.dumps(sorted(int(i) for i in decision_ids)), n_accepted, n_rejected,
-                      now_iso()))
+                      n_accepted, n_rejected, now_iso()))
+        conn.executemany("INSERT INTO round_decisions (round, decision_id) VALUES (?, ?)",
+                         [(round, int(i)) for i in sorted(set(decision_ids))])
+
+
+def round_decision_ids(conn: sqlite3.Connection, round: int) -> list[int]:
+    """The ids of the standing decisions round `round`'s targets were made from."""
+    return [r[0] for r in conn.execute("SELECT decision_id FROM round_decisions WHERE round = ? "
+                                       "ORDER BY decision_id", (round,))]
 
 
 def checkpoint_rounds(conn: sqlite3.Connection) -> dict[int, int]:

@@ -312,7 +312,8 @@ def test_kill_during_refine_then_resume_matches_an_uninterrupted_round(reference
         assert {k: v for k, v in x.items() if k != "img_s"} == {k: v for k, v in y.items() if k != "img_s"}
     for sql in (f"SELECT {CANDIDATE_COLUMNS} FROM candidates ORDER BY checkpoint, id",
                 f"SELECT {OBJECT_COLUMNS} FROM objects ORDER BY checkpoint, image_id, score DESC",
-                "SELECT round, start_iteration, end_iteration, decision_ids FROM rounds"):
+                "SELECT round, start_iteration, end_iteration FROM rounds",
+                "SELECT round, decision_id FROM round_decisions ORDER BY round, decision_id"):
         assert store_rows(whole, sql) == store_rows(run, sql) != []
 
 

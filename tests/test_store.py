@@ -131,9 +131,17 @@ def test_clear_errors_name_the_store(tmp_path, conn):
     assert str(e.value) == "run/comining.sqlite: checkpoint 15 was not mined; mined: 10, 20"
 
 
-def test_a_version_2_store_gains_the_rounds_table_and_keeps_its_rows(tmp_path):
-    """A store written before the loop (version 2: no rounds table) opens as version 3,
-    its checkpoints all of round 0; rounds then record and map checkpoints to rounds."""
+def _decide(c, image_id=1, decision="accepted", undone=0) -> int:
+    """A decision row as review writes it (the store's foreign keys check rounds against it)."""
+    return c.execute("INSERT INTO decisions (candidate_id, image_id, decision, category_id, x, y,"
+                     " w, h, decided_at, client, undone) VALUES (NULL, ?, ?, 1, 1, 1, 5, 5, 'now',"
+                     " 't', ?)", (image_id, decision, undone)).lastrowid
+
+
+def test_a_version_2_store_gains_the_rounds_tables_and_keeps_its_rows(tmp_path):
+    """A store written before the loop (version 2: no rounds tables) opens at the current
+    version, its checkpoints all of round 0; rounds then record and map checkpoints to
+    rounds, and a round can only name decisions the store holds."""
     path = tmp_path / store.STORE_NAME
     c = store.connect(path, create=True)
     store.write_dataset(c, [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
@@ -143,19 +151,68 @@ def test_a_version_2_store_gains_the_rounds_table_and_keeps_its_rows(tmp_path):
                                             candidates=[])
     c.close()
     raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE round_decisions")
     raw.execute("DROP TABLE rounds")
     raw.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     raw.commit()
     raw.close()
     c = store.connect(path)
     try:
-        assert store.schema_version(c) == 3 and store.rounds(c) == []
+        assert store.schema_version(c) == 4 and store.rounds(c) == []
         assert store.checkpoint_rounds(c) == {100: 0, 200: 0}
+        a, b = _decide(c), _decide(c, decision="rejected")
         store.add_round(c, round=1, start_iteration=200, end_iteration=400, targets="t.json",
-                        rejected="r.json", decision_ids=[5, 2], n_accepted=1, n_rejected=1)
+                        rejected="r.json", decision_ids=[b, a], n_accepted=1, n_rejected=1)
         store.replace_checkpoint_candidates(c, iteration=300, path="300.pt", thresholds=THRESHOLDS,
                                             candidates=[])
         assert store.checkpoint_rounds(c) == {100: 0, 200: 0, 300: 1}
-        assert store.rounds(c)[0]["decision_ids"] == "[2, 5]"
+        assert store.round_decision_ids(c, 1) == [a, b] and store.round_decision_ids(c, 2) == []
+        with pytest.raises(sqlite3.IntegrityError):     # no decision 99: the round is not added
+            store.add_round(c, round=2, start_iteration=400, end_iteration=600, targets="t.json",
+                            rejected="r.json", decision_ids=[a, 99], n_accepted=1, n_rejected=0)
+        assert [r["round"] for r in store.rounds(c)] == [1]
+        assert store.round_decision_ids(c, 2) == []
+    finally:
+        c.close()
+
+
+def test_a_version_3_store_moves_each_rounds_decision_ids_into_rows(tmp_path):
+    """Version 3 kept a round's decisions as a json list in rounds.decision_ids; opened,
+    each list becomes round_decisions rows, the column goes, and what retraining would add
+    is counted from the rows."""
+    from types import SimpleNamespace
+
+    from comining.review.stats import untrained_decisions
+
+    path = tmp_path / store.STORE_NAME
+    c = store.connect(path, create=True)
+    store.write_dataset(c, [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+                        [{"id": 1, "name": "a"}])
+    ids = [_decide(c) for _ in range(4)]
+    c.close()
+    raw = sqlite3.connect(path)
+    raw.executescript(
+        "DROP TABLE round_decisions; DROP TABLE rounds;"
+        "CREATE TABLE rounds (round INTEGER PRIMARY KEY, start_iteration INTEGER NOT NULL,"
+        " end_iteration INTEGER NOT NULL, targets TEXT NOT NULL, rejected TEXT NOT NULL,"
+        " decision_ids TEXT NOT NULL, n_accepted INTEGER NOT NULL, n_rejected INTEGER NOT NULL,"
+        " started_at TEXT NOT NULL);"
+        f"INSERT INTO rounds VALUES (1, 100, 200, 't1', 'r1', '[{ids[0]}, {ids[1]}]', 2, 0, 'x');"
+        f"INSERT INTO rounds VALUES (2, 200, 300, 't2', 'r2', '[{ids[0]}, {ids[1]}, {ids[2]}]', 3, 0, 'y');"
+        "UPDATE meta SET value = '3' WHERE key = 'schema_version';")
+    raw.commit()
+    raw.close()
+    c = store.connect(path)
+    try:
+        assert store.schema_version(c) == 4
+        assert store.round_decision_ids(c, 1) == ids[:2]
+        assert store.round_decision_ids(c, 2) == ids[:3]
+        r = dict(store.rounds(c)[1])
+        assert "decision_ids" not in r
+        assert (r["round"], r["start_iteration"], r["targets"], r["n_accepted"]) == (2, 200, "t2", 3)
+        # round 2 trained on the first three decisions: the fourth is what retraining adds
+        assert untrained_decisions(SimpleNamespace(conn=c)) == 1
+        c.execute("UPDATE decisions SET undone = 1 WHERE id = ?", (ids[3],))
+        assert untrained_decisions(SimpleNamespace(conn=c)) == 0
     finally:
         c.close()

@@ -83,12 +83,12 @@ def recent_yield(run: Run, checkpoint: int, window: int) -> tuple[int, int]:
 
 
 def untrained_decisions(run: Run) -> int:
-    """Standing decisions made after the latest refine round was built (all of them
-    before the first round): what retraining now would add to the detector's targets."""
-    last = run.conn.execute("SELECT decision_ids FROM rounds ORDER BY round DESC LIMIT 1").fetchone()
-    trained = max(json.loads(last[0]), default=0) if last else 0
-    return run.conn.execute("SELECT COUNT(*) FROM decisions WHERE undone = 0 AND id > ?",
-                            (trained,)).fetchone()[0]
+    """Standing decisions the latest refine round did not train on (all of them before
+    the first round): what retraining now would add to the detector's targets."""
+    return run.conn.execute(
+        "SELECT COUNT(*) FROM decisions WHERE undone = 0 AND id NOT IN "
+        "(SELECT decision_id FROM round_decisions "
+        " WHERE round = (SELECT MAX(round) FROM rounds))").fetchone()[0]
 
 
 def decision_counts(run: Run) -> dict:

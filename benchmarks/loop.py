@@ -622,8 +622,8 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
     p.add_argument("--rounds", type=int, default=3, help="refine rounds (default 3)")
     p.add_argument("--iters", type=int,
-                   help="iterations of each refine round (default: half of round 0's, as refine's "
-                        "default; 600 with the CPU recipe)")
+                   help="iterations of each refine round (default: as many as round 0's, as "
+                        "refine's default; 1200 with the CPU recipe)")
     p.add_argument("--recipe", choices=("cpu", "gpu"), default="cpu",
                    help="the demo's recipe round 0 trains by (default cpu: MobileNetV3 at 160 px; "
                         "gpu: ResNet-18 at 256 px); its runs live in their own folders")
@@ -703,7 +703,7 @@ def main(argv=None) -> int:
         return 0
     recipe = Recipe(args.recipe, args.device or ("cuda" if args.recipe == "gpu" else "cpu"),
                     args.round0_iters, args.seed)
-    iters = args.iters or recipe.settings["iters"] // 2
+    iters = args.iters or recipe.settings["iters"]
     args.work.mkdir(parents=True, exist_ok=True)
     # round 0's last checkpoint is always mined again, with this code's mining and the
     # options: the reused round-0 runs may have been mined by other settings

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
                     "then x0.1 at 2/3 and 8/9 of the round).")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--iters", type=int, metavar="N",
-                   help="iterations of the round (default: half of the first training's)")
+                   help="iterations of the round (default: as many as the first training)")
     p.add_argument("--checkpoint-every", type=int, metavar="K",
                    help="checkpoint and mine every K iterations (default: as the first training)")
     p.add_argument("--resume", action="store_true", help="finish a round that was stopped")

@@ -584,7 +584,7 @@ def seed_row(name: str, saved: dict, method: str = "comining", start: str | None
     fewer = (1 - loop_reach / shot_reach) if loop_reach and shot_reach else None
     seed = meta.get("round0_seed", 0)
     return {"name": name, "seed": seed, "start": start or f"seed {seed}", "commit": meta["commit"],
-            "round0_ap": res["rounds"][0]["val_ap"], "last_ap": res["rounds"][-1]["val_ap"],
+            "refine_iters": meta.get("iters"), "round0_ap": res["rounds"][0]["val_ap"], "last_ap": res["rounds"][-1]["val_ap"],
             "loop_decisions": loop_reach, "per_label": loop_reach / goal if loop_reach else None,
             "one_shot_decisions": shot_reach, "fewer": fewer, "ahead_at_every_budget": ahead,
             "targets_met": bool(loop_reach and loop_reach / goal <= MAX_PER_LABEL and ahead
@@ -602,12 +602,13 @@ def seeds_report(rows: list[dict]) -> list[str]:
              f"One row per loop result (benchmarks/results/NAME.json, method `comining`): round 0 "
              f"trained by the demo's CPU recipe with another seed (the data stay the demo's). "
              f"Decisions to {TARGET:.0%} count the loop's rounds and then the rest of its last queue.",
-             "", "| result | round 0's start | commit | round-0 val AP | last round val AP "
-             f"| loop: decisions to {TARGET:.0%} | per recovered label | one-shot: decisions to "
+             "", "| result | round 0's start | commit | refine iterations | round-0 val AP "
+             f"| last round val AP | loop: decisions to {TARGET:.0%} | per recovered label | one-shot: decisions to "
              f"{TARGET:.0%} | loop's saving | loop ahead at every budget | targets met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['start']} | {r['commit']} | {r['round0_ap']:.3f} | "
+        lines.append(f"| {r['name']} | {r['start']} | {r['commit']} | "
+                     f"{fmt(r.get('refine_iters'), 'd')} | {r['round0_ap']:.3f} | "
                      f"{r['last_ap']:.3f} | {fmt(r['loop_decisions'], 'd')} | "
                      f"{fmt(r['per_label'], '.2f')} | {fmt(r['one_shot_decisions'], 'd')} | "
                      f"{fmt(r['fewer'], '.0%')} | {'yes' if r['ahead_at_every_budget'] else 'no'} | "

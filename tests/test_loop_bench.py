@@ -37,7 +37,7 @@ def test_audit_needs_nothing_where_the_bands_separate_missing_from_false():
 
 def saved_loop(loop_curve, finish_curve, shot_curve, budgets, n_erased=10, seed=3):
     rounds = [{"decisions_total": b, "val_ap": 0.1 * (k + 1)} for k, b in enumerate(budgets)]
-    return {"meta": {"round0_seed": seed, "commit": "abc1234"},
+    return {"meta": {"round0_seed": seed, "commit": "abc1234", "iters": 600},
             "loops": {"comining": {"rounds": rounds, "curve": loop_curve,
                                    "finish": {"curve": finish_curve}}},
             "one_shot": {"n_erased": n_erased, "curve": shot_curve}}
@@ -66,7 +66,7 @@ def test_seed_row_fails_the_targets_when_one_shot_is_ahead_at_a_budget_or_the_ef
     assert slow["loop_decisions"] == 20 and slow["one_shot_decisions"] is None
     assert slow["fewer"] is None and not slow["targets_met"]
     report = loop.seeds_report([slow])
-    assert "| 20 | 2.22 | - | - | yes | no |" in report[6]
+    assert report[6].startswith("| r | seed 3 | abc1234 | 600 | 0.100 | 0.100 | 20 | 2.22 | - | - | yes | no |")
     assert report[-2] == "Targets on decisions met from 0 of 1 round-0 models."
 
 

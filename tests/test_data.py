@@ -82,8 +82,9 @@ def test_sampler_is_seeded_resumable_and_flips():
 
 def test_loader_with_workers_keeps_image_ids(tiny_dataset):
     coco = load_coco(tiny_dataset / "annotations" / "train.json", tiny_dataset / "images")
+    # pinning needs an accelerator (torch warns and skips it without one)
     loader = make_loader(DetectionDataset(coco, 96), batch_size=5, shuffle=False, num_workers=2,
-                         pin_memory=True)
+                         pin_memory=torch.cuda.is_available())
     ids = [i for batch in loader for i in batch.image_ids]
     assert ids == [r.id for r in coco.images]
     batch = next(iter(loader))

@@ -79,3 +79,27 @@ def test_the_oracle_stops_when_the_queue_stops_paying_or_the_labels_grew_enough(
     assert not loop.stops([True] * 10, 0.5, max_accepts=11)
     assert loop.stops([True] * 10 + [False], 0.5, max_accepts=10)
     assert not loop.stops([False] * 100, None)          # no rule: the whole queue
+
+
+def test_the_tail_study_sorts_the_queue_head_by_what_each_box_lies_on():
+    """benchmarks/loop_tail.py: image 1 has erased label 1 (found) and 2 (unfound), and
+    an input label. A box on label 2 is an unfound label; shifted by half its width
+    (IoU 1/3) it is near one; on found label 1 or on the input label it lies on a labelled
+    object; far from all, clutter."""
+    spec = importlib.util.spec_from_file_location("loop_tail", REPO / "benchmarks" / "loop_tail.py")
+    tail = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tail)
+    from types import SimpleNamespace
+
+    hidden = {"annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+                              {"id": 2, "image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10]}]}
+    oracle = tail.L.Oracle(hidden)
+    oracle.found.add(1)
+    labelled = {1: [[0, 0, 10, 10], [50, 50, 10, 10], [100, 0, 20, 20]]}
+    boxes = [[50, 50, 10, 10], [55, 50, 10, 10], [0, 0, 10, 10], [102, 2, 20, 20], [200, 200, 10, 10]]
+    items = [SimpleNamespace(image_id=1, box=b) for b in boxes]
+    assert dict(tail.head_mix(items, oracle, labelled)) == {
+        "an unfound label": 1, "near an unfound label (IoU 0.1-0.5)": 1,
+        "on or near a labelled object": 2, "clutter (IoU < 0.1 with any object)": 1}
+    assert dict(tail.head_mix(items[:1] * (tail.HEAD + 5), oracle, labelled)) == {
+        "an unfound label": tail.HEAD}       # only the head is read

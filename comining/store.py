@@ -197,8 +197,7 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
             return
         for stmt in _statements(_ROUNDS_SCHEMA):
             conn.execute(stmt)
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                     (str(SCHEMA_VERSION),))
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
 
 
 def _migrate_v3(conn: sqlite3.Connection) -> None:

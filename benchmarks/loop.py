@@ -18,7 +18,7 @@ Against: (a) one-shot review of round 0's queue (the same oracle, no stop rule, 
 retraining) at the same numbers of decisions; (b) the same loop with the `original`
 method (one view, annotations only; its round 0 trained here when missing).
 
-  python benchmarks/loop.py                 # both methods; about an hour on 2 CPU cores
+  python benchmarks/loop.py                 # both methods; about two hours on 2 CPU cores
   python benchmarks/loop.py --work DIR      # where the round-0 runs live (reused)
 
 Writes benchmarks/results/loop.md and loop.json.

@@ -32,6 +32,7 @@ import math
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -380,17 +381,29 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
     return {"method": method, "stop_below": stop_below, "rounds": rows, "curve": curve}
 
 
+def name_tag(name: str) -> str:
+    """The work folders of a result NAME: loop_<method><tag>."""
+    return "" if name == "loop" else f"_{name}"
+
+
+@contextmanager
+def round_snapshot(run: Path, n: int):
+    """A temporary run folder holding the store as round n left it (RUN/../round<n>.sqlite)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy2(run.parent / f"round{n}.sqlite", Path(tmp) / "comining.sqlite")
+        shutil.copy2(run / "config.json", Path(tmp) / "config.json")
+        yield Path(tmp)
+
+
 def reestimate(run: Path, rows: list[dict], hidden: dict) -> None:
     """The remaining-objects estimate of each round again, with this code, from the store
     as that round left it (RUN/../round<N>.sqlite), and the audit it is set against."""
-    import tempfile
-
     for row in rows:
-        with tempfile.TemporaryDirectory() as tmp:
-            shutil.copy2(run.parent / f"round{row['round']}.sqlite", Path(tmp) / "comining.sqlite")
-            shutil.copy2(run / "config.json", Path(tmp) / "config.json")
-            est = estimate(Path(tmp), row["checkpoint"])
-            scores, labels = pending_matches(Path(tmp), row["checkpoint"], oracle_of(Path(tmp), hidden))
+        with round_snapshot(run, row["round"]) as snap:
+            est = estimate(snap, row["checkpoint"])
+            scores, labels = pending_matches(snap, row["checkpoint"], oracle_of(snap, hidden))
             row["audit_decisions"] = audit_of(scores, labels)
         row["estimate_remaining"] = None if est is None else round(est.total, 1)
         row["estimate_extrapolated"] = None if est is None else round(est.extrapolated, 1)
@@ -670,7 +683,7 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing (but --finish): rewrite NAME.md from NAME.json")
     args = p.parse_args(argv)
-    tag = "" if args.name == "loop" else f"_{args.name}"   # work folders: loop_<method><tag>
+    tag = name_tag(args.name)
     if args.summary:
         rows = []
         for item in args.summary:

@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
 import sys
-import tempfile
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 HEAD = 100          # the last queue's head examined in question 2
 
 
-@contextmanager
 def snapshot(loop_dir: Path, n: int):
     """A run folder holding the store as round n left it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy2(loop_dir / f"round{n}.sqlite", Path(tmp) / "comining.sqlite")
-        shutil.copy2(loop_dir / "run" / "config.json", Path(tmp) / "config.json")
-        yield Path(tmp)
+    return L.round_snapshot(loop_dir / "run", n)
 
 
 def last_round(loop_dir: Path) -> int:
@@ -114,7 +107,7 @@ def hidden_by_rejections(run: Path, oracle: L.Oracle, objs: dict) -> int:
         rejected = defaultdict(list)
         for d in review.effective_decisions(r.conn):
             if d.decision == "rejected":
-                rejected[d.image_id] += [d.box] + ([d.cand_box] if d.cand_box else [])
+                rejected[d.image_id] += d.boxes
     finally:
         r.close()
     n = 0
@@ -179,7 +172,7 @@ def ranking_cost(run: Path, oracle: L.Oracle, items: list, goal: int) -> dict:
 
 
 def study(name: str, work: Path) -> dict:
-    loop_dir = work / f"loop_comining_{name}" if name != "loop" else work / "loop_comining"
+    loop_dir = work / f"loop_comining{L.name_tag(name)}"
     data = work / "demo" / "data" / "annotations"
     hidden = read_json(data / "train_hard_hidden.json")
     sparse = read_json(data / "train_hard.json")

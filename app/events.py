@@ -439,6 +439,8 @@ def _wire_run(ui, ctx: Ctx) -> None:
             advice = retrain_advice(*review.recent_yield(run, st["checkpoint"], RETRAIN_WINDOW),
                                     review.untrained_decisions(run))
             line += f"\n\n{advice}" if advice else ""
+            took = ctx.retrainer.forecast()
+            line += f"\n\n⟳ {took}" if took else ""
         if cks and st.get("checkpoint") is None:
             line += f"\n\n🆕 **checkpoint {cks[-1]} is mined**: press ↻ to review it"
         elif cks and cks[-1] > st["checkpoint"]:

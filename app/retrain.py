@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 
 from comining import status
-from comining.rounds import ROUNDS_DIR
+from comining.errors import InputError
+from comining.rounds import ROUNDS_DIR, forecast_round
 
 LOG_NAME = "refine.log"
 
@@ -55,8 +56,18 @@ class Retrainer:
                 log.flush()
                 self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL, start_new_session=True)
+            took = self.forecast()
+            took = f" {took}" if took else ""
             return (f"⏳ Retraining with your decisions in the background (log: {self.log}); "
-                    f"keep reviewing: its checkpoints appear here when they are mined.")
+                    f"keep reviewing: its checkpoints appear here when they are mined.{took}")
+
+    def forecast(self, *, iters: int | None = None) -> str:
+        """How long the next round would take here (rounds.forecast_round), or "" when the
+        run cannot tell (no config, no store yet)."""
+        try:
+            return forecast_round(self.run_dir, iters=iters).line()
+        except (InputError, OSError):
+            return ""
 
     def poll(self) -> tuple[str, bool]:
         """(what the run is doing: training from anywhere, or this app's last round; whether

@@ -191,15 +191,104 @@ def _new_round(run_dir: Path, base: TrainConfig, state: RoundState, iters, check
         raise InputError(run_dir, f"training stopped at iteration {start} of {base.iters}: "
                                   f"finish it first (comining train --resume)")
     n = state.last_round + 1
-    # As long as the first training: measured from three round-0 starts (benchmarks/results/
-    # loop_seeds.md), half as long needed up to 1.40 decisions per label found, this 1.30.
-    length = iters if iters is not None else base.iters
-    every = checkpoint_every if checkpoint_every is not None else min(base.checkpoint_every, length)
-    if length < 1 or every < 1:
-        raise InputError(None, "--iters and --checkpoint-every must be at least 1")
+    length, every = round_plan(base, iters, checkpoint_every)
     folder = round_dir(run_dir, n)
     return dataclasses.replace(
         base, run=str(run_dir), ann=str((folder / "targets.json").resolve()), iters=start + length,
         checkpoint_every=every, round=n, round_start=start,
         rejected=str((folder / "rejected.json").resolve()), warmup_iters=None, init=None,
         init_keep_classes=False)
+
+
+def round_plan(base: TrainConfig, iters: int | None = None,
+               checkpoint_every: int | None = None) -> tuple[int, int]:
+    """(iterations, checkpoint interval) of a new round of a run whose round 0 is `base`."""
+    # As long as the first training: measured from three round-0 starts (benchmarks/results/
+    # loop_seeds.md), half as long needed up to 1.40 decisions per label found, this 1.30.
+    length = iters if iters is not None else base.iters
+    every = checkpoint_every if checkpoint_every is not None else min(base.checkpoint_every, length)
+    if length < 1 or every < 1:
+        raise InputError(None, "--iters and --checkpoint-every must be at least 1")
+    return length, every
+
+
+def checkpoints_in(length: int, every: int) -> int:
+    """How many checkpoints a round of `length` iterations saves and mines: every `every`
+    iterations and at its end (the engine's rule)."""
+    return len(set(range(every, length + 1, every)) | {length})
+
+
+SPEED_STEPS = 10        # the run's latest logged steps give its training speed
+MINING_SAMPLES = 3      # ... and its latest mined checkpoints its mining time
+
+
+@dataclass(frozen=True)
+class RoundForecast:
+    """How long a new round would take on this machine, from what the run measured."""
+
+    iters: int
+    n_checkpoints: int
+    train_s: float | None       # None: no logged speed yet
+    mine_s: float | None        # per checkpoint; None: no mining timed yet
+    img_s: float | None = None
+
+    @property
+    def total_s(self) -> float | None:
+        if self.train_s is None:
+            return None
+        return self.train_s + self.n_checkpoints * (self.mine_s or 0.0)
+
+    def line(self) -> str:
+        what = f"A new round ({self.iters:,} iterations, {self.n_checkpoints} checkpoints mined)"
+        if self.train_s is None:
+            return f"{what}: no training speed logged yet to time it."
+        timed = self.mine_s is not None
+        mining = (f" and about {status.duration(self.mine_s)} of mining per checkpoint"
+                  if timed else ", plus its mining (not timed yet)")
+        return (f"{what} takes {'about' if timed else 'at least'} {status.duration(self.total_s)} here: "
+                f"{status.duration(self.train_s)} of training at {self.img_s:.1f} images/s "
+                f"(the run's latest speed){mining}.")
+
+
+def forecast_round(run_dir, *, iters: int | None = None,
+                   checkpoint_every: int | None = None) -> RoundForecast:
+    """How long `refine` with these settings would take, at the speed the run last trained
+    (the median images/s of its latest logged steps, from metrics.jsonl) and mined (the
+    median time from a checkpoint's file to its mining in the store, over the latest
+    mined checkpoints; a checkpoint mined again later is one outlier among them)."""
+    import statistics
+
+    from comining.checkpoints import checkpoint_path, load_run_config
+    from comining.review.stats import read_metrics
+
+    run_dir = Path(run_dir)
+    base = load_run_config(run_dir)
+    length, every = round_plan(base, iters, checkpoint_every)
+    speeds = [r["img_s"] for r in read_metrics(run_dir / "metrics.jsonl")
+              if isinstance(r.get("img_s"), (int, float)) and r["img_s"] > 0][-SPEED_STEPS:]
+    img_s = statistics.median(speeds) if speeds else None
+    train_s = length * base.batch_size / img_s if img_s else None
+    return RoundForecast(length, checkpoints_in(length, every), train_s,
+                         _mining_seconds(run_dir, checkpoint_path), img_s)
+
+
+def _mining_seconds(run_dir: Path, checkpoint_path) -> float | None:
+    import statistics
+    from datetime import datetime
+
+    conn = store.connect(run_dir / store.STORE_NAME)
+    try:
+        rows = store.checkpoints(conn)[-MINING_SAMPLES:]
+    finally:
+        conn.close()
+    gaps = []
+    for r in rows:
+        try:
+            saved = checkpoint_path(run_dir, r["iteration"]).stat().st_mtime
+            mined = datetime.fromisoformat(r["mined_at"]).timestamp()
+        except (OSError, TypeError, ValueError):
+            continue                # the file was removed, or an old store's row
+        if mined >= saved:
+            gaps.append(mined - saved)
+    # the lower median: with two samples, one re-mined much later is not averaged in
+    return statistics.median_low(gaps) if gaps else None

@@ -63,7 +63,7 @@ def seconds_left(s: dict) -> float | None:
         return None
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -86,7 +86,7 @@ def describe(s: dict | None, *, icon: bool = True) -> str:
             left = seconds_left(s)
             loss = f", loss {s['loss']:.3f}" if isinstance(s.get("loss"), (int, float)) else ""
             text = (f"{name}: {where}{loss}"
-                    + (f", about {_duration(left)} of training left" if left is not None else ""))
+                    + (f", about {duration(left)} of training left" if left is not None else ""))
     elif s.get("state") == "finished":
         mark, text = "✅", f"{name} finished ({where})"
     elif s.get("state") == "failed":

@@ -478,6 +478,9 @@ def test_retrain_from_the_app_and_see_its_checkpoint_without_a_restart_in_chromi
         page = open_page(browser, url)
         status = page.locator("#run-status")
         expect(status).to_contain_text("training finished (iteration 4 of 4)")
+        # before pressing it: how long a round as long as round 0 (4 iterations, checkpoints
+        # every 2) would take, timed by the run itself
+        expect(status).to_contain_text("A new round (4 iterations, 2 checkpoints mined) takes about")
         first = page.locator("#candidates label").first.inner_text()
         page.click("#accept-btn")
         expect(page.locator("#counts")).to_contain_text("1 accepted")
@@ -505,7 +508,9 @@ def test_retrain_from_the_app_and_see_its_checkpoint_without_a_restart_in_chromi
         assert not boxes or review.iou_matrix(boxes, [accepted[0].box]).max() < 0.5
     finally:
         r.close()
-    assert "round 1 finished" in (run_dir / "rounds" / "refine.log").read_text()
+    log = (run_dir / "rounds" / "refine.log").read_text()
+    assert "round 1 finished" in log
+    assert "A new round (4 iterations, 2 checkpoints mined) takes about" in log    # refine's own
 
 
 @pytest.mark.browser

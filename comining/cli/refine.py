@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from comining.rounds import refine
+    from comining.rounds import forecast_round, refine
 
     def announce(config):
         from comining import store
@@ -44,6 +44,9 @@ def run(args) -> int:
         print(f"round {config.round}: training from checkpoint {config.round_start} to "
               f"{config.iters} on the inputs + {row['n_accepted']} accepted boxes, "
               f"{row['n_rejected']} rejected ones as background ({config.ann})", flush=True)
+        if not args.resume:
+            print(forecast_round(args.run, iters=args.iters,
+                                 checkpoint_every=args.checkpoint_every).line(), flush=True)
 
     config = refine(args.run, iters=args.iters, checkpoint_every=args.checkpoint_every,
                     resume=args.resume, progress=not args.no_progress, before_training=announce,

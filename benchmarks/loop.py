@@ -329,7 +329,7 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
              device: str = "cpu", retrain_growth: float | None = None) -> dict:
     from comining import store
     from comining.fileio import read_json
-    from comining.rounds import refine
+    from comining.rounds import forecast_round, refine
 
     hidden = read_json(data / "annotations" / "train_hard_hidden.json")
     run = work / f"loop_{method}{tag}" / "run"
@@ -375,6 +375,9 @@ def run_loop(method: str, data: Path, run0: Path, work: Path, *, rounds: int, it
         shutil.copy2(run / store.STORE_NAME, run.parent / f"round{n}.sqlite")
         if n == rounds or not decisions:
             break
+        # what the app would have said the round takes, against what it took
+        forecast = forecast_round(run, iters=iters, checkpoint_every=iters).total_s
+        row["refine_forecast_s"] = None if forecast is None else round(forecast, 1)
         t0 = time.perf_counter()
         refine(run, iters=iters, checkpoint_every=iters, progress=False)
         row["refine_s"] = round(time.perf_counter() - t0, 1)
@@ -475,6 +478,10 @@ def _of_which(extrapolated) -> str:
     return "" if extrapolated is None else f" (of which {extrapolated} extrapolated)"
 
 
+def _forecast(seconds) -> str:
+    return "" if seconds is None else f" ({seconds:.0f})"
+
+
 def _error(estimate, truth) -> str:
     if estimate is None or not truth:
         return "-"
@@ -532,7 +539,7 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
         lines += [f"## Loop, method `{method}`", "",
                   "| round | checkpoint | decisions | accepted | total decisions | recovered (export) "
                   "| decisions / recovered | val AP | remaining: estimate | remaining: truth "
-                  "| estimate error | refine s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| estimate error | refine s (forecast) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["rounds"]:
             rec = r["recovered_export"]
             lines.append(
@@ -542,7 +549,7 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
                 f"{'-' if r['estimate_remaining'] is None else r['estimate_remaining']}"
                 f"{_of_which(r.get('estimate_extrapolated'))} | "
                 f"{r['truth_remaining']} | {_error(r['estimate_remaining'], r['truth_remaining'])} | "
-                f"{r.get('refine_s', '-')} |")
+                f"{r.get('refine_s', '-')}{_forecast(r.get('refine_forecast_s'))} |")
         audits = [(r["round"], r["audit_decisions"]) for r in res["rounds"]
                   if r.get("audit_decisions")]
         if audits:

@@ -17,8 +17,12 @@ labels (comining.queue_metrics: object level = any class, class level = the best
   + fused rank + ranked by both views (co-generation's class scores)
   + test-time  + the detector's test-time scores (FCOS: with centerness) instead of the
                class scores
-  + soft       = the product (comining.mining.image_candidates): overlapping objects and
-               objects overlapping a label ranked down (Gaussian Soft-NMS, sigma 0.5)
+  + soft       + overlapping objects and objects overlapping a label ranked down
+               (Gaussian Soft-NMS, sigma 0.5): comining.mining.image_candidates
+  + own size   = the product (its default ReviewMining): the same, fed the detections of
+               two passes joined, at the training size and at the images' own size
+               (comining.mining.review_sizes); the variants and anchors below are at the
+               training size only
   variants     other ranks, floors, caps, one view only
   anchors      FiftyOne's 'possibly missing' (> 0.95, unmatched at IoU 0.5 any class),
                Datumaro's missing-annotation rule (unmatched at IoU 0.75, label-agnostic),
@@ -50,6 +54,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.common import cpu_name, git_commit  # noqa: E402
+
+PRODUCT = " = the product"    # the row that is the product's default queue
 
 # The demo's dataset (comining demo's defaults) and another: other classes, image size, seed.
 SETTINGS = {
@@ -101,22 +107,28 @@ def prepare(name: str, spec: dict, work: Path, *, train_missing: bool = True,
     return {"sparse": sparse, "hidden": hidden, "run": run}
 
 
-def raw_detections(run: Path, iteration: int, *, class_score: bool) -> dict:
+def raw_detections(run: Path, iteration: int, *, class_score: bool, size: int | None = None) -> dict:
     """{image_id: {view: (xywh (N, 4), category ids (N,), scores (N,))}} of one checkpoint,
-    cached in RUN/bench/ as plain arrays (never pickled)."""
-    cache = run / "bench" / f"raw_{iteration}_{'class' if class_score else 'test'}.npz"
+    the images fed at `size` px (longer side; default the training size), cached in
+    RUN/bench/ as plain arrays (never pickled)."""
+    name = f"raw_{iteration}_{'class' if class_score else 'test'}{f'_{size}px' if size else ''}.npz"
+    cache = run / "bench" / name
     if not cache.exists():
         import torch
 
+        from comining.data import DetectionDataset
         from comining.engine import RunContext
         from comining.mining import VIEWS, detect_views
 
         ctx = RunContext.open(run, device="cpu")
         it, path = ctx.checkpoint_path(iteration)
         ctx.load_weights(path)
+        dataset = ctx.mining_dataset
+        if size and size != dataset.image_size:
+            dataset = DetectionDataset(dataset.coco, size)
         cats = ctx.mining_dataset.coco.categories
         rows = []
-        for rec, dets in detect_views(ctx.dense, ctx.mining_dataset, score_thresh=RAW_FLOOR,
+        for rec, dets in detect_views(ctx.dense, dataset, score_thresh=RAW_FLOOR,
                                       nms_iou=ctx.config.thresholds.nms_iou, max_per_image=100,
                                       augment=ctx.config.augment, device=torch.device("cpu"),
                                       batch_size=ctx.config.batch_size, num_workers=0,
@@ -139,6 +151,19 @@ def raw_detections(run: Path, iteration: int, *, class_score: bool) -> dict:
                      np.asarray([int(r[6]) for r in rs], np.int64),
                      np.asarray([r[7] for r in rs])) for v, rs in views.items()}
             for im, views in out.items()}
+
+
+def product_sizes(run: Path) -> list[int]:
+    """The input sizes the product mines this run's images at by default
+    (comining.mining.review_sizes: the training size, then the images' own)."""
+    from comining.coco import load_coco
+    from comining.config import ReviewMining, TrainConfig
+    from comining.data import DetectionDataset
+    from comining.mining import review_sizes
+
+    config = TrainConfig.load(run / "config.json")
+    coco = load_coco(config.ann, config.images)
+    return review_sizes(DetectionDataset(coco, config.image_size), ReviewMining())
 
 
 class Labels:
@@ -225,8 +250,10 @@ def object_queue(raw, labels: Labels, review, *, views=(0, 1)) -> list[dict]:
     return out
 
 
-def product_queue(raw, labels: Labels, review, sparse: dict) -> list[dict]:
-    """The product's own path: comining.mining.image_candidates on each image."""
+def product_queue(raws: list, labels: Labels, review, sparse: dict) -> list[dict]:
+    """The product's own path: comining.mining.image_candidates on each image, fed each
+    pass's detections (one raw_detections per input size), each pass cut at the review
+    floor and its best max_per_view, then joined (comining.mining.mine_dataset's way)."""
     import torch
 
     from comining.coco import CategoryMap
@@ -242,17 +269,20 @@ def product_queue(raw, labels: Labels, review, sparse: dict) -> list[dict]:
             self.labels = np.asarray([cmap.to_label(int(c)) for c in gt_cls], np.int64)
             self.crowd_boxes = np.concatenate([crowd[:, :2], crowd[:, :2] + crowd[:, 2:]], axis=1)
 
+    def cut(per_view, v):
+        xywh, cats, scores = per_view[v]
+        keep = scores > review.score_floor
+        order = np.argsort(-scores[keep], kind="stable")[: review.max_per_view]
+        return (_xyxy(xywh[keep][order]).float(),
+                torch.as_tensor([cmap.to_label(int(c)) for c in cats[keep][order]], dtype=torch.int64),
+                torch.as_tensor(scores[keep][order], dtype=torch.float32))
+
     objects = {}
-    for image_id, per_view in raw.items():
+    for image_id in set().union(*raws):
         dets = {}
         for v, view in enumerate(("original", "augmented")):
-            xywh, cats, scores = per_view[v]
-            keep = scores > review.score_floor
-            order = np.argsort(-scores[keep], kind="stable")[: review.max_per_view]
-            xyxy = _xyxy(xywh[keep][order]).float()
-            dets[view] = (xyxy, torch.as_tensor([cmap.to_label(int(c)) for c in cats[keep][order]],
-                                                dtype=torch.int64),
-                          torch.as_tensor(scores[keep][order], dtype=torch.float32))
+            passes = [cut(raw[image_id], v) for raw in raws if image_id in raw]
+            dets[view] = tuple(torch.cat([p[k] for p in passes]) for k in range(3))
         for c in image_candidates(Rec(image_id), dets, cmap, review):
             objects[c["object"]["key"]] = c["object"]
     return list(objects.values())
@@ -281,8 +311,10 @@ def anchor_queues(raw_test, labels: Labels, sparse: dict) -> dict:
 
 
 def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bool,
-             variants: bool) -> dict:
-    """raw: detections with co-generation's class scores; raw_test: the test-time ones."""
+             variants: bool, raw_sizes: dict | None = None) -> dict:
+    """raw: detections with co-generation's class scores; raw_test: the test-time ones;
+    raw_sizes: {size px: test-time ones at that size} for each further size the product
+    mines at (its last row)."""
     from comining.config import ReviewMining
 
     tau, theta1 = config.thresholds.score_thresh, config.thresholds.nms_iou
@@ -300,9 +332,13 @@ def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bo
             object_queue(raw, labels, dataclasses.replace(plain, rank="max")),
         f"+ fused ranking ({base.rank} of the views' best scores)": object_queue(raw, labels, plain),
         "+ test-time scores (FCOS: with centerness)": object_queue(raw_test, labels, plain),
-        f"+ overlaps ranked down (Soft-NMS sigma {base.soft_sigma}) = the product":
-            product_queue(raw_test, labels, base, sparse),
+        f"+ overlaps ranked down (Soft-NMS sigma {base.soft_sigma})" + ("" if raw_sizes else PRODUCT):
+            product_queue([raw_test], labels, base, sparse),
     }
+    if raw_sizes:
+        sizes = " and ".join(f"{k} px" for k in raw_sizes)
+        q[f"+ also mined at the images' own size ({sizes}){PRODUCT}"] = product_queue(
+            [raw_test, *raw_sizes.values()], labels, base, sparse)
     if variants:
         for rank in ("noisy_or", "geometric", "min", "max"):
             q[f"  variant: rank {rank}"] = object_queue(raw_test, labels,
@@ -386,12 +422,17 @@ def main(argv=None) -> int:
         labels = Labels(sparse)
         config = TrainConfig.load(paths["run"] / "config.json")
         its = [it for it, _ in list_checkpoints(paths["run"])]
+        sizes = product_sizes(paths["run"])
+        assert sizes[0] == config.image_size, "the product's first pass is the training size"
         per_ckpt = {}
         for it in its:
             last = it == its[-1]
             raw = raw_detections(paths["run"], it, class_score=True)
             raw_test = raw_detections(paths["run"], it, class_score=False)
-            queues = rows_for(raw, raw_test, labels, sparse, config, anchors=last, variants=last)
+            raw_sizes = {k: raw_detections(paths["run"], it, class_score=False, size=k)
+                         for k in sizes[1:]}
+            queues = rows_for(raw, raw_test, labels, sparse, config, anchors=last, variants=last,
+                              raw_sizes=raw_sizes)
             per_ckpt[it] = score_rows(queues, sparse, hidden)
             print(f"[{name}] checkpoint {it}: measured {len(queues)} rules", flush=True)
         results[name] = {"what": spec["what"], "n_erased": len(hidden["annotations"]),
@@ -418,7 +459,7 @@ def main(argv=None) -> int:
         lines += ["", "### across training: the paper's rule vs the product, per checkpoint", "",
                   "| checkpoint | rule | items | AP object | AP class | found @1x | @2x |", "|---|---|---|---|---|---|---|"]
         for it, scored in r["checkpoints"].items():
-            for key in list(scored)[:1] + [k for k in scored if k.endswith("the product")]:
+            for key in list(scored)[:1] + [k for k in scored if k.endswith(PRODUCT)]:
                 s = scored[key]
                 lines.append(f"| {it} | {key} | {s['n_items']} | {_num(s['object']['ap'])} |"
                              f" {_num(s['class']['ap'])} | {_pct(s['object']['recall_at']['1'])} |"

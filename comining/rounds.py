@@ -2,7 +2,8 @@
 
 Round 0 trains on the input annotations (`comining train`). Each refine round r >= 1
 continues the same run from its last mined checkpoint S for N more iterations, its
-checkpoints numbered on (S + K, S + 2K, ... S + N) and mined for review like round 0's:
+checkpoints numbered on (S + K, S + 2K, ... S + N) and mined for review like round 0's
+(even when round 0 was trained with --no-mine and mined by hand):
 
 - targets: the input annotations plus every standing accepted decision (its edited box
   and class where edited, and the boxes drawn by hand), merged as export merges them,
@@ -137,7 +138,10 @@ def refine(run_dir, *, iters: int | None = None, checkpoint_every: int | None = 
         if review_changes:
             raise InputError(run_dir, f"round {n} resumes with its own mining settings; give "
                                       f"--review-* options to the next round")
-        config = TrainConfig.load(round_dir(run_dir, n) / "config.json")
+        # mined, as every round is (one recorded by an older comining after a --no-mine
+        # round 0 was not): resuming mines the checkpoint the round is stuck on
+        config = dataclasses.replace(TrainConfig.load(round_dir(run_dir, n) / "config.json"),
+                                     mine=True)
     else:
         if resume:
             raise InputError(run_dir, "no stopped round to resume; run refine without --resume "
@@ -197,7 +201,10 @@ def _new_round(run_dir: Path, base: TrainConfig, state: RoundState, iters, check
         base, run=str(run_dir), ann=str((folder / "targets.json").resolve()), iters=start + length,
         checkpoint_every=every, round=n, round_start=start,
         rejected=str((folder / "rejected.json").resolve()), warmup_iters=None, init=None,
-        init_keep_classes=False)
+        init_keep_classes=False,
+        # a round exists to be reviewed: mined even when round 0 was not (--no-mine), or
+        # the next round would find its last checkpoint unmined
+        mine=True)
 
 
 def round_plan(base: TrainConfig, iters: int | None = None,

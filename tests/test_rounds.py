@@ -224,3 +224,41 @@ def test_mining_settings_given_to_a_round_hold_for_the_rounds_after_it(trained, 
     flips = {it: s["flip"] for it, s in mined_settings(run).items()}
     assert flips == {2: False, 4: False, 6: True, 8: True, 10: True, 12: True}
     assert json.loads((run / "config.json").read_text())["review"]["flip"] is False  # round 0's
+
+
+def test_the_rounds_of_a_run_trained_without_mining_are_mined_and_chain(small_dataset, tmp_path):
+    """Round 0 trained with --no-mine, its last checkpoint mined by hand: each round mines
+    its own checkpoints for review, so the next round can start; a round recorded unmined
+    (as an older comining left it) is mined by --resume."""
+    run = train(seconds_run_config(small_dataset, tmp_path / "run", mine=False), progress=False)
+    proc = run_cli("refine", "--run", run, *ROUND)
+    assert_clean_error(proc, "checkpoint 4 is not mined yet", "comining mine --run RUN")
+    assert main(["mine", "--run", str(run)]) == 0
+    assert main(["refine", "--run", str(run), *ROUND]) == 0
+    assert main(["refine", "--run", str(run), *ROUND]) == 0
+    conn = store.connect(run / store.STORE_NAME)
+    try:
+        assert store.checkpoint_rounds(conn) == {4: 0, 6: 1, 8: 1, 10: 2, 12: 2}
+        # round 2's last checkpoint unmined, its config without mining: an older round
+        for table, col in (("objects", "checkpoint"), ("candidates", "checkpoint"),
+                           ("checkpoints", "iteration")):
+            conn.execute(f"DELETE FROM {table} WHERE {col} = 12")
+        conn.commit()
+    finally:
+        conn.close()
+    cfg = rounds.round_dir(run, 2) / "config.json"
+    cfg.write_text(json.dumps(dict(json.loads(cfg.read_text()), mine=False)))
+    proc = run_cli("refine", "--run", run, *ROUND)
+    assert_clean_error(proc, "round 2 was stopped before its end", "add --resume")
+    assert main(["refine", "--run", str(run), "--resume", "--no-progress"]) == 0
+    r = review.open_run(run)
+    try:
+        assert review.queue_items(r, 12)           # mined for review again
+    finally:
+        r.close()
+    assert main(["refine", "--run", str(run), *ROUND]) == 0
+    conn = store.connect(run / store.STORE_NAME)
+    try:
+        assert store.checkpoint_rounds(conn)[16] == 3
+    finally:
+        conn.close()

@@ -266,7 +266,7 @@ def forecast_round(run_dir, *, iters: int | None = None,
     import statistics
 
     from comining.checkpoints import checkpoint_path, load_run_config
-    from comining.review.stats import read_metrics
+    from comining.review.plots import read_metrics
 
     run_dir = Path(run_dir)
     base = load_run_config(run_dir)

@@ -47,9 +47,9 @@ from comining.review.records import (
 )
 from comining.review.importing import import_decisions
 from comining.review.run import Run, open_run
+from comining.review.plots import mining_quality, plot_data, plot_figures, read_metrics
 from comining.review.stats import (
-    calibrate, decision_counts, mining_quality, plot_data, plot_figures, progress, read_metrics,
-    recent_yield, remaining_estimate, untrained_decisions,
+    calibrate, decision_counts, progress, recent_yield, remaining_estimate, untrained_decisions,
 )
 from comining.review.writing import (
     CountChanged, batch_accept, batch_candidates, batch_count, decide, decide_many, undo,

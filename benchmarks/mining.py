@@ -21,8 +21,9 @@ labels (comining.queue_metrics: object level = any class, class level = the best
                (Gaussian Soft-NMS, sigma 0.5): comining.mining.image_candidates
   + own size   = the product (its default ReviewMining): the same, fed the detections of
                two passes joined, at the training size and at the images' own size
-               (comining.mining.review_sizes); the variants and anchors below are at the
-               training size only
+               (comining.mining.review_sizes, at most 1.5x the training size); the
+               variants and anchors below are at the training size only, but for
+  second pass  a second pass at 1.4x, 1.6x and 2x the training size instead
   variants     other ranks, floors, caps, one view only
   anchors      FiftyOne's 'possibly missing' (> 0.95, unmatched at IoU 0.5 any class),
                Datumaro's missing-annotation rule (unmatched at IoU 0.75, label-agnostic),
@@ -151,6 +152,15 @@ def raw_detections(run: Path, iteration: int, *, class_score: bool, size: int | 
                      np.asarray([int(r[6]) for r in rs], np.int64),
                      np.asarray([r[7] for r in rs])) for v, rs in views.items()}
             for im, views in out.items()}
+
+
+SECOND_PASS = (1.4, 1.6, 2.0)    # variants: a second pass at these multiples of the training size
+
+
+def second_pass_sizes(image_size: int) -> list[int]:
+    from comining.mining import scaled_size
+
+    return sorted({scaled_size(image_size, f) for f in SECOND_PASS})
 
 
 def product_sizes(run: Path) -> list[int]:
@@ -311,10 +321,11 @@ def anchor_queues(raw_test, labels: Labels, sparse: dict) -> dict:
 
 
 def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bool,
-             variants: bool, raw_sizes: dict | None = None) -> dict:
+             variants: bool, raw_sizes: dict | None = None, second_passes: dict | None = None) -> dict:
     """raw: detections with co-generation's class scores; raw_test: the test-time ones;
     raw_sizes: {size px: test-time ones at that size} for each further size the product
-    mines at (its last row)."""
+    mines at (its last row); second_passes: the same for other sizes of a second pass
+    (variants: how far enlarging the images pays)."""
     from comining.config import ReviewMining
 
     tau, theta1 = config.thresholds.score_thresh, config.thresholds.nms_iou
@@ -339,6 +350,9 @@ def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bo
         sizes = " and ".join(f"{k} px" for k in raw_sizes)
         q[f"+ also mined at the images' own size ({sizes}){PRODUCT}"] = product_queue(
             [raw_test, *raw_sizes.values()], labels, base, sparse)
+    for k, raw_k in (second_passes or {}).items():
+        q[f"  variant: second pass at {k} px ({k / config.image_size:.1f}x)"] = product_queue(
+            [raw_test, raw_k], labels, base, sparse)
     if variants:
         for rank in ("noisy_or", "geometric", "min", "max"):
             q[f"  variant: rank {rank}"] = object_queue(raw_test, labels,
@@ -431,8 +445,10 @@ def main(argv=None) -> int:
             raw_test = raw_detections(paths["run"], it, class_score=False)
             raw_sizes = {k: raw_detections(paths["run"], it, class_score=False, size=k)
                          for k in sizes[1:]}
+            second = {k: raw_detections(paths["run"], it, class_score=False, size=k)
+                      for k in second_pass_sizes(config.image_size) if last}
             queues = rows_for(raw, raw_test, labels, sparse, config, anchors=last, variants=last,
-                              raw_sizes=raw_sizes)
+                              raw_sizes=raw_sizes, second_passes=second)
             per_ckpt[it] = score_rows(queues, sparse, hidden)
             print(f"[{name}] checkpoint {it}: measured {len(queues)} rules", flush=True)
         results[name] = {"what": spec["what"], "n_erased": len(hidden["annotations"]),

@@ -292,7 +292,7 @@ def images_of(*sides):
 
 def test_review_sizes_add_the_images_own_size_when_training_shrinks_them():
     """Sizes mined: the scales' sizes, then the images' own (median longer side, a multiple
-    of 32, at most 2x the training size) when larger than all of them."""
+    of 32, at most 1.5x the training size) when larger than all of them."""
     from comining.mining import review_sizes
 
     def sizes(sides, image_size, **review):
@@ -305,9 +305,10 @@ def test_review_sizes_add_the_images_own_size_when_training_shrinks_them():
     assert sizes([(256, 192)], 160, scales=(1, 2)) == [160, 320]    # larger than its own
     assert sizes([(96, 96)], 160) == [160]                          # not shrunk by training
     assert sizes([(170, 100)], 160) == [160]                        # 170 px: 160 at stride 32
-    assert sizes([(4000, 3000)], 800) == [800, 1600]                # capped at 2x
+    assert sizes([(4000, 3000)], 800) == [800, 1216]                # capped at 1.5x: 1200 -> 38 x 32
     assert sizes([(200, 10), (256, 10), (256, 10), (300, 10), (1000, 10)], 160) == [160, 256]
-    assert sizes([(200, 200)], 100) == [100, 192]                   # 1x: the training size as is
+    assert sizes([(200, 200)], 100) == [100, 160]                   # 1x: the training size as is;
+    assert sizes([(300, 200)], 200) == [200, 288]                   # 1.5x: 300, stride 32: 288
 
 
 def mining_dataset(coco, image_size):

@@ -68,7 +68,8 @@ class Recipe:
     name: str = "cpu"
     device: str = "cpu"
     round0_iters: int | None = None    # a shorter round 0, mined once (to try the script out)
-    seed: int = 0                      # round 0's training seed (the data stay the demo's)
+    seed: int = 0                      # round 0's training seed (the data stay the setting's)
+    setting: str = "demo"              # benchmarks/mining.py's SETTINGS: the generated data
 
     @property
     def settings(self) -> dict:
@@ -97,12 +98,12 @@ def round0_run(method: str, work: Path, recipe: Recipe = Recipe()) -> tuple[Path
     from comining.checkpoints import list_checkpoints
     from comining.engine import train
 
-    paths = prepare("demo", SETTINGS["demo"], work, settings=recipe.settings,
+    paths = prepare(recipe.setting, SETTINGS[recipe.setting], work, settings=recipe.settings,
                     device=recipe.device, run_name=f"run{recipe.suffix}", seed=recipe.seed)
     data = paths["sparse"].parents[1]
     if method == "comining":
         return data, paths["run"]
-    run = work / "demo" / f"run{recipe.suffix}_{method}"
+    run = work / recipe.setting / f"run{recipe.suffix}_{method}"
     config = TrainConfig(images=str(data / "images"), ann=str(paths["sparse"]), run=str(run),
                          method=method, weights_backbone="none", device=recipe.device,
                          seed=recipe.seed,
@@ -656,6 +657,9 @@ def main(argv=None) -> int:
                    help="round 0's training seed (default 0, the demo's; the data stay the "
                         "demo's): the loop's effort depends on round 0's model, so measure "
                         "several, each in its own --work")
+    p.add_argument("--data", choices=("demo", "other"), default="demo",
+                   help="the generated data (benchmarks/mining.py's SETTINGS; default demo: "
+                        "comining demo's; other: 320 px images, 7 classes), in --work/DATA")
     p.add_argument("--methods", nargs="+", default=["comining", "original"])
     p.add_argument("--stop-below", type=float, default=STOP_BELOW,
                    help=f"the oracle's stop rule: the yield of its last {WINDOW} decisions "
@@ -690,6 +694,8 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing (but --finish): rewrite NAME.md from NAME.json")
     args = p.parse_args(argv)
+    from benchmarks.mining import SETTINGS
+
     tag = name_tag(args.name)
     if args.summary:
         rows = []
@@ -704,15 +710,16 @@ def main(argv=None) -> int:
         return 0
     if args.report_only:
         saved = json.loads((args.out / f"{args.name}.json").read_text())
+        setting = saved["meta"].get("data", "demo")
         if args.finish:
             from comining.fileio import read_json
-            hidden = read_json(args.work / "demo" / "data" / "annotations" / "train_hard_hidden.json")
+            hidden = read_json(args.work / setting / "data" / "annotations" / "train_hard_hidden.json")
             for method, res in saved["loops"].items():
                 if not res.get("finish"):
                     res["finish"] = finish_last_queue(args.work / f"loop_{method}{tag}" / "run", hidden)
         if args.reestimate:
             from comining.fileio import read_json
-            hidden = read_json(args.work / "demo" / "data" / "annotations" / "train_hard_hidden.json")
+            hidden = read_json(args.work / setting / "data" / "annotations" / "train_hard_hidden.json")
             for method, res in saved["loops"].items():
                 reestimate(args.work / f"loop_{method}{tag}" / "run", res["rounds"], hidden)
             saved["meta"]["estimates"] = f"recomputed at commit {git_commit()}"
@@ -723,7 +730,7 @@ def main(argv=None) -> int:
         print("\n".join(lines))
         return 0
     recipe = Recipe(args.recipe, args.device or ("cuda" if args.recipe == "gpu" else "cpu"),
-                    args.round0_iters, args.seed)
+                    args.round0_iters, args.seed, args.data)
     iters = args.iters or recipe.settings["iters"]
     args.work.mkdir(parents=True, exist_ok=True)
     # round 0's last checkpoint is always mined again, with this code's mining and the
@@ -753,8 +760,8 @@ def main(argv=None) -> int:
                         device=recipe.device)
     meta = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": git_commit(), "hardware": hardware(recipe.device),
-            "setting": "comining demo's data (300 images 256 px, 4 classes), hard split, "
-                       + recipe.describe(),
+            "setting": f"{SETTINGS[args.data]['what']}, hard split, " + recipe.describe(),
+            "data": args.data,
             "recipe": recipe.name, "iters": iters, "round0_iters": recipe.settings["iters"],
             "round0_seed": recipe.seed, "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
             "review_native": args.review_native,

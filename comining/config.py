@@ -82,8 +82,9 @@ class ReviewMining:
                                   # size; every size's boxes of a view join before grouping
                                   # (multi-scale test-time mining: a larger size finds
                                   # small objects the training size misses)
-    native: bool = True           # also mine at the images' own size when training shrinks
-                                  # them (comining.mining.review_sizes): the objects small
+    native: bool = True           # also mine a little larger when training shrinks the
+                                  # images: at their own size, at most 1.2x the training
+                                  # size (comining.mining.review_sizes): the objects small
                                   # at the training size are the ones it misses
     flip: bool = False            # also mine each size's horizontal mirror image, its boxes
                                   # mirrored back and joined per view (test-time flip: the

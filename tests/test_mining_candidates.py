@@ -292,23 +292,24 @@ def images_of(*sides):
 
 def test_review_sizes_add_the_images_own_size_when_training_shrinks_them():
     """Sizes mined: the scales' sizes, then the images' own (median longer side, a multiple
-    of 32, at most 1.5x the training size) when larger than all of them."""
+    of 32, at most 1.2x the training size) when larger than all of them."""
     from comining.mining import review_sizes
 
     def sizes(sides, image_size, **review):
         return review_sizes(mining_dataset(images_of(*sides), image_size), ReviewMining(**review))
 
-    assert sizes([(256, 192)] * 3, 160) == [160, 256]
-    assert sizes([(192, 256)], 160) == [160, 256]                  # portrait: its longer side
+    assert sizes([(256, 192)] * 3, 160) == [160, 192]              # 1.6x: capped at 1.2x
+    assert sizes([(192, 256)], 160) == [160, 192]                  # portrait: its longer side
+    assert sizes([(180, 120)], 160) == [160, 192]                  # 1.125x: 180 -> 6 x 32
     assert sizes([(256, 192)], 160, native=False) == [160]
-    assert sizes([(256, 192)], 160, scales=(1, 1.6)) == [160, 256]  # already mined at 256
+    assert sizes([(256, 192)], 160, scales=(1, 1.6)) == [160, 256]  # mined larger already
     assert sizes([(256, 192)], 160, scales=(1, 2)) == [160, 320]    # larger than its own
     assert sizes([(96, 96)], 160) == [160]                          # not shrunk by training
     assert sizes([(170, 100)], 160) == [160]                        # 170 px: 160 at stride 32
-    assert sizes([(4000, 3000)], 800) == [800, 1216]                # capped at 1.5x: 1200 -> 38 x 32
-    assert sizes([(200, 10), (256, 10), (256, 10), (300, 10), (1000, 10)], 160) == [160, 256]
-    assert sizes([(200, 200)], 100) == [100, 160]                   # 1x: the training size as is;
-    assert sizes([(300, 200)], 200) == [200, 288]                   # 1.5x: 300, stride 32: 288
+    assert sizes([(4000, 3000)], 800) == [800, 960]                 # capped at 1.2x
+    assert sizes([(200, 10), (256, 10), (256, 10), (300, 10), (1000, 10)], 160) == [160, 192]
+    assert sizes([(200, 200)], 100) == [100, 128]                   # 1x: the training size as is;
+    assert sizes([(300, 200)], 64) == [64]                          # 1.2x of 64 is 64 at stride 32
 
 
 def mining_dataset(coco, image_size):
@@ -317,15 +318,16 @@ def mining_dataset(coco, image_size):
 
 
 def test_images_shrunk_by_training_are_mined_at_their_own_size_too(monkeypatch):
-    """By default, images of 256 px trained at 160 px: a pass at 160 px, then one at 256 px,
-    their boxes joined per view into one object; --no-review-native: the 160 px pass only."""
+    """By default, images of 256 px trained at 160 px: a pass at 160 px, then one at 192 px
+    (1.2x), their boxes joined per view into one object; --no-review-native: the 160 px
+    pass only."""
     from comining import mining
     from comining.config import MiningThresholds
     rec = SimpleNamespace(id=1, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
                           crowd_boxes=np.zeros((0, 4), np.float32))
     none = dets([], [], [])
     passes = {160: {"original": dets([[10, 10, 50, 50]], [0], [0.4]), "augmented": none},
-              256: {"original": dets([[10, 11, 50, 50]], [0], [0.6]), "augmented": none}}
+              192: {"original": dets([[10, 11, 50, 50]], [0], [0.6]), "augmented": none}}
     sizes = []
 
     def fake_detect_views(dense, dataset, **kwargs):
@@ -337,11 +339,11 @@ def test_images_shrunk_by_training_are_mined_at_their_own_size_too(monkeypatch):
     common = dict(augment="color", device=torch.device("cpu"), batch_size=2, num_workers=0, seed=0)
     out = mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.5, nms_iou=0.6),
                               **common)
-    assert sizes == [160, 256]
+    assert sizes == [160, 192]
     assert sorted((c["view"], c["bbox"]) for c in out) == [("original", [10.0, 10.0, 40.0, 40.0]),
                                                             ("original", [10.0, 11.0, 40.0, 39.0])]
     assert len({c["object"]["key"] for c in out}) == 1
-    assert out[0]["object"]["view_scores"][0] == pytest.approx(0.6)   # the native pass's
+    assert out[0]["object"]["view_scores"][0] == pytest.approx(0.6)   # the larger pass's
     sizes.clear()
     mining.mine_dataset(None, dataset, MiningThresholds(score_thresh=0.5, nms_iou=0.6),
                         review=ReviewMining(native=False), **common)
@@ -394,11 +396,11 @@ def test_mining_at_two_sizes_keeps_exactly_both_sizes_boxes_in_original_pixels(s
         assert -1e-3 <= x and x + w <= 96 + 1e-3 and -1e-3 <= y and y + h <= 96 + 1e-3
 
 
-def test_a_run_trained_on_shrunk_images_mines_them_at_their_own_size_too(small_dataset,
+def test_a_run_trained_on_shrunk_images_mines_them_at_their_own_size_too(tiny_dataset,
                                                                           tmp_path):
-    """A real detector trained at 64 px on 96 px images, every box kept: by default its
-    candidates are exactly those of --review-scales 1 1.5 (64 and 96 px) without the
-    native pass, more than --no-review-native's (64 px only); the settings say which."""
+    """A real detector trained at 96 px on 128 px images, every box kept: by default its
+    candidates are exactly those of --review-scales 1 1.34 (96 and 128 px) without the
+    native pass, more than --no-review-native's (96 px only); the settings say which."""
     import json
     import shutil
 
@@ -407,13 +409,13 @@ def test_a_run_trained_on_shrunk_images_mines_them_at_their_own_size_too(small_d
     from comining.engine import train
     from conftest import seconds_run_config
 
-    run = train(seconds_run_config(small_dataset, tmp_path / "run", image_size=64),
+    run = train(seconds_run_config(tiny_dataset, tmp_path / "run", image_size=96),
                 progress=False)
     keep_all = ["--review-score-floor", "0.001", "--review-max-objects", "1000",
                 "--label-iou", "1.0", "--device", "cpu", "--checkpoint", "4"]
     boxes = {}
     for name, flags in (("default", []), ("plain", ["--no-review-native"]),
-                        ("as_scales", ["--review-scales", "1", "1.5", "--no-review-native"])):
+                        ("as_scales", ["--review-scales", "1", "1.34", "--no-review-native"])):
         copy = tmp_path / name
         shutil.copytree(run, copy)
         assert main(["mine", "--run", str(copy), *flags, *keep_all]) == 0

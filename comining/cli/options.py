@@ -19,9 +19,10 @@ def add_review_mining_args(p) -> None:
                         "joined per view before grouping (default 1; e.g. 1 1.6 also finds "
                         "small objects, for 1 + 1.6^2 times the mining time)")
     g.add_argument("--review-native", action=argparse.BooleanOptionalAction, default=None,
-                   help="when --image-size shrinks the images, also mine at their own size "
-                        "(at most 1.5x --image-size): the objects the shrinking made small are "
-                        "found there (default on; --no-review-native: the --review-scales only)")
+                   help="when --image-size shrinks the images, also mine them a little larger: "
+                        "at their own size, at most 1.2x --image-size (the objects the shrinking "
+                        "made small are found there; default on; --no-review-native: the "
+                        "--review-scales only)")
     g.add_argument("--review-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="also mine the horizontally mirrored images (at every --review-scales "
                         "size), their boxes mirrored back and joined per view: more missing "

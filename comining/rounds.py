@@ -280,22 +280,25 @@ def forecast_round(run_dir, *, iters: int | None = None,
 
 
 def _mining_seconds(run_dir: Path, checkpoint_path) -> float | None:
+    """The median time from a checkpoint's file to its mining in the store, over the
+    latest MINING_SAMPLES checkpoints the engine mined as it trained: mined before the
+    next checkpoint's file was written. A checkpoint mined again later (`comining mine`,
+    a benchmark) or the last one (nothing after it tells) is no sample."""
     import statistics
     from datetime import datetime
 
     conn = store.connect(run_dir / store.STORE_NAME)
     try:
-        rows = store.checkpoints(conn)[-MINING_SAMPLES:]
+        rows = store.checkpoints(conn)
     finally:
         conn.close()
-    gaps = []
+    times = []                  # (file written, mined) per mined checkpoint, in order
     for r in rows:
         try:
-            saved = checkpoint_path(run_dir, r["iteration"]).stat().st_mtime
-            mined = datetime.fromisoformat(r["mined_at"]).timestamp()
+            times.append((checkpoint_path(run_dir, r["iteration"]).stat().st_mtime,
+                          datetime.fromisoformat(r["mined_at"]).timestamp()))
         except (OSError, TypeError, ValueError):
-            continue                # the file was removed, or an old store's row
-        if mined >= saved:
-            gaps.append(mined - saved)
-    # the lower median: with two samples, one re-mined much later is not averaged in
-    return statistics.median_low(gaps) if gaps else None
+            times.append(None)  # the file was removed, or an old store's row
+    gaps = [mined - saved for this, after in zip(times, times[1:]) if this and after
+            for saved, mined in [this] if saved <= mined <= after[0]]
+    return statistics.median_low(gaps[-MINING_SAMPLES:]) if gaps else None

@@ -43,8 +43,11 @@ def _run(tmp_path, small_dataset, *, speeds=(), mined_after=None):
 def test_the_forecast_times_a_round_at_the_runs_latest_speed_and_mining_time(tmp_path, small_dataset):
     # an older, faster machine first; the latest 10 steps ran at a median 4 images/s
     latest = (3, 4, 4, 5, 4, 4, 3, 5, 4, 4)
+    # checkpoints are written 1,000 s apart: 20 and 50 were mined in 40 s as the run
+    # trained; 100 was mined again after 120 was written (`comining mine`, not the engine),
+    # and nothing tells whether the last one (120) was: neither is a sample
     run = _run(tmp_path, small_dataset, speeds=(100,) * 5 + latest,
-               mined_after={50: 40, 100: 40, 120: 3600})     # 120 was mined again an hour later
+               mined_after={20: 40, 50: 40, 100: 5000, 120: 4000})
     f = rounds.forecast_round(run)
     assert (f.iters, f.n_checkpoints) == (120, 3)            # 50, 100 and the round's end
     assert f.img_s == 4

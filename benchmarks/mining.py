@@ -348,7 +348,7 @@ def rows_for(raw, raw_test, labels: Labels, sparse: dict, config, *, anchors: bo
     }
     if raw_sizes:
         sizes = " and ".join(f"{k} px" for k in raw_sizes)
-        q[f"+ also mined at the images' own size ({sizes}){PRODUCT}"] = product_queue(
+        q[f"+ a second pass, a little larger ({sizes}){PRODUCT}"] = product_queue(
             [raw_test, *raw_sizes.values()], labels, base, sparse)
     for k, raw_k in (second_passes or {}).items():
         q[f"  variant: second pass at {k} px ({k / config.image_size:.1f}x)"] = product_queue(

@@ -56,7 +56,7 @@ class Retrainer:
                 log.flush()
                 self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL, start_new_session=True)
-            took = self.forecast()
+            took = self.forecast(iters=iters)
             took = f" {took}" if took else ""
             return (f"⏳ Retraining with your decisions in the background (log: {self.log}); "
                     f"keep reviewing: its checkpoints appear here when they are mined.{took}")

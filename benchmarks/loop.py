@@ -657,7 +657,9 @@ def main(argv=None) -> int:
                    help="round 0's training seed (default 0, the demo's; the data stay the "
                         "demo's): the loop's effort depends on round 0's model, so measure "
                         "several, each in its own --work")
-    p.add_argument("--data", choices=("demo", "other"), default="demo",
+    from benchmarks.mining import SETTINGS
+
+    p.add_argument("--data", choices=tuple(SETTINGS), default="demo",
                    help="the generated data (benchmarks/mining.py's SETTINGS; default demo: "
                         "comining demo's; other: 320 px images, 7 classes), in --work/DATA")
     p.add_argument("--methods", nargs="+", default=["comining", "original"])
@@ -694,8 +696,6 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing (but --finish): rewrite NAME.md from NAME.json")
     args = p.parse_args(argv)
-    from benchmarks.mining import SETTINGS
-
     tag = name_tag(args.name)
     if args.summary:
         rows = []

@@ -19,10 +19,10 @@ labels (comining.queue_metrics: object level = any class, class level = the best
                class scores
   + soft       + overlapping objects and objects overlapping a label ranked down
                (Gaussian Soft-NMS, sigma 0.5): comining.mining.image_candidates
-  + own size   = the product (its default ReviewMining): the same, fed the detections of
-               two passes joined, at the training size and at the images' own size
-               (comining.mining.review_sizes, at most 1.5x the training size); the
-               variants and anchors below are at the training size only, but for
+  + 2nd pass   = the product (its default ReviewMining): the same, fed the detections of
+               two passes joined, at the training size and a little larger (the images'
+               own size, at most 1.2x the training size: comining.mining.review_sizes);
+               the variants and anchors below are at the training size only, but for
   second pass  a second pass at 1.4x, 1.6x and 2x the training size instead
   variants     other ranks, floors, caps, one view only
   anchors      FiftyOne's 'possibly missing' (> 0.95, unmatched at IoU 0.5 any class),
@@ -165,7 +165,7 @@ def second_pass_sizes(image_size: int) -> list[int]:
 
 def product_sizes(run: Path) -> list[int]:
     """The input sizes the product mines this run's images at by default
-    (comining.mining.review_sizes: the training size, then the images' own)."""
+    (comining.mining.review_sizes: the training size, then a little larger)."""
     from comining.coco import load_coco
     from comining.config import ReviewMining, TrainConfig
     from comining.data import DetectionDataset

@@ -35,6 +35,7 @@ round 1's first 77 decisions accepted 69 %, the round-0 queue's next 77 decision
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,23 +261,39 @@ class RoundForecast:
 def forecast_round(run_dir, *, iters: int | None = None,
                    checkpoint_every: int | None = None) -> RoundForecast:
     """How long `refine` with these settings would take, at the speed the run last trained
-    (the median images/s of its latest logged steps, from metrics.jsonl) and mined (the
-    median time from a checkpoint's file to its mining in the store, over the latest
-    mined checkpoints; a checkpoint mined again later is one outlier among them)."""
-    import statistics
-
+    (the median images/s of its latest logged steps, from metrics.jsonl) and mined
+    (`_mining_seconds`). The app asks at every tick of its status line while no round
+    trains: metrics.jsonl is parsed again only when it has changed."""
     from comining.checkpoints import checkpoint_path, load_run_config
-    from comining.review.plots import read_metrics
 
     run_dir = Path(run_dir)
     base = load_run_config(run_dir)
     length, every = round_plan(base, iters, checkpoint_every)
-    speeds = [r["img_s"] for r in read_metrics(run_dir / "metrics.jsonl")
-              if isinstance(r.get("img_s"), (int, float)) and r["img_s"] > 0][-SPEED_STEPS:]
-    img_s = statistics.median(speeds) if speeds else None
+    img_s = _latest_speed(run_dir / "metrics.jsonl")
     train_s = length * base.batch_size / img_s if img_s else None
     return RoundForecast(length, checkpoints_in(length, every), train_s,
                          _mining_seconds(run_dir, checkpoint_path), img_s)
+
+
+def _latest_speed(path: Path) -> float | None:
+    """The median images/s of the latest SPEED_STEPS logged steps of metrics.jsonl."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _speed_of(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _speed_of(path: str, mtime_ns: int, size: int) -> float | None:
+    """`_latest_speed` of the file as it was at (mtime_ns, size): the cache key."""
+    import statistics
+
+    from comining.review.plots import read_metrics
+
+    speeds = [r["img_s"] for r in read_metrics(path)
+              if isinstance(r.get("img_s"), (int, float)) and r["img_s"] > 0][-SPEED_STEPS:]
+    return statistics.median(speeds) if speeds else None
 
 
 def _mining_seconds(run_dir: Path, checkpoint_path) -> float | None:

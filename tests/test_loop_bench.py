@@ -53,6 +53,8 @@ def test_seed_row_counts_decisions_to_nine_of_ten_by_hand():
     assert (row["loop_decisions"], row["one_shot_decisions"]) == (10, 20)
     assert row["per_label"] == 10 / 9 and row["fewer"] == 0.5
     assert row["ahead_at_every_budget"] and row["targets_met"]
+    # 9 labels take at least 9 decisions: against one-shot's 20, 11 could be saved at most
+    assert row["most_saving"] == 11 / 20
     assert (row["seed"], row["start"], row["round0_ap"]) == (3, "seed 3", 0.1)
 
 
@@ -66,8 +68,14 @@ def test_seed_row_fails_the_targets_when_one_shot_is_ahead_at_a_budget_or_the_ef
     assert slow["loop_decisions"] == 20 and slow["one_shot_decisions"] is None
     assert slow["fewer"] is None and not slow["targets_met"]
     report = loop.seeds_report([slow])
-    assert report[6].startswith("| r | seed 3 | abc1234 | 600 | 0.100 | 0.100 | 20 | 2.22 | - | - | yes | no |")
-    assert report[-2] == "Targets on decisions met from 0 of 1 round-0 models."
+    assert report[6].startswith("| r | seed 3 | abc1234 | 600 | 0.100 | 0.100 | 20 | 2.22 | - | - | - | yes | no |")
+    assert report[-2].startswith("Targets on decisions met from 0 of 1 round-0 models.")
+    # one-shot reaching 9 of 10 in 11 decisions leaves at most 2 of 11 (18 %) to save:
+    # below 25 %, and the report's rule says where that starts: 1.33 decisions per label
+    quick = loop.seed_row("q", saved_loop(list(range(1, 10)), [], list(range(1, 9)) + [8, 8, 9], [9]))
+    assert quick["one_shot_decisions"] == 11 and abs(quick["most_saving"] - 2 / 11) < 1e-12
+    assert "| 18% |" in loop.seeds_report([quick])[6]
+    assert "fewer than 1.33 decisions per label" in report[-2]
 
 
 def test_the_oracle_stops_when_the_queue_stops_paying_or_the_labels_grew_enough():

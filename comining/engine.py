@@ -29,11 +29,11 @@ from comining.config import MiningThresholds, ReviewMining, TrainConfig
 from comining.data import DetectionDataset, TrainingSampler, make_loader
 from comining.device import precision, resolve_device
 from comining.errors import CominingError, InputError, first_sentence
-from comining.fileio import atomic_write_bytes
 from comining.mining import gather_candidates, mine_dataset, record
 from comining.model import (DenseForward, DenseNet, build_detector, check_init_fits,
                             fetch_init_weights, init_variant, init_weights_by_name, load_init)
 from comining.siamese import training_step
+from comining.training_log import METRICS_FILE, truncate_metrics
 
 
 def lr_factor(it: int, config: TrainConfig) -> float:
@@ -148,20 +148,6 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, coco: CocoDataset, resu
         conn.close()
 
 
-def _truncate_metrics(path: Path, last_iteration: int) -> None:
-    """On resume, drop the log lines a killed run wrote after its last checkpoint."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["iteration"] <= last_iteration:
-                keep.append(line)
-        except (ValueError, KeyError):
-            continue  # a line cut by the kill
-    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
-
-
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) a run; mine the training set at every checkpoint. Returns RUN_DIR.
     The main process holds the run's lock and keeps RUN/status.json (comining.status)."""
@@ -239,7 +225,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
         set_rng_state(state["rng"], device)
         start = state["iteration"]
         if ddp.main:
-            _truncate_metrics(run_dir / "metrics.jsonl", start)
+            truncate_metrics(run_dir / METRICS_FILE, start)
         if config.mine and start not in _mined_iterations(run_dir):
             # Killed while mining this checkpoint: its store transaction never committed.
             _mine(ctx, start, path, None)
@@ -253,9 +239,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
         _, path = existing[0]
         load_model_state(ctx.detector, load_checkpoint(path)["model"], path, config)
         if ddp.main:
-            _truncate_metrics(run_dir / "metrics.jsonl", start)
+            truncate_metrics(run_dir / METRICS_FILE, start)
     elif ddp.main:   # a run killed before its first checkpoint starts over: so does its log
-        _truncate_metrics(run_dir / "metrics.jsonl", 0)
+        truncate_metrics(run_dir / METRICS_FILE, 0)
 
     sampler = TrainingSampler(len(ctx.train_dataset), config.batch_size, seed=config.seed, flip=True,
                               start_iter=start, rank=ddp.rank, world_size=ddp.world_size)
@@ -270,7 +256,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
     if progress and ddp.main:
         from tqdm import tqdm
         bar = tqdm(total=config.iters, initial=start, desc=_bar_label(config), dynamic_ncols=True)
-    metrics_file = open(run_dir / "metrics.jsonl", "a") if ddp.main else None
+    metrics_file = open(run_dir / METRICS_FILE, "a") if ddp.main else None
     if ddp.main:   # the app's status line shows the run at once, not at the first log step
         _status(config, "training", iteration=start)
     window_start, window_images = time.perf_counter(), 0

@@ -43,6 +43,7 @@ from comining import status, store
 from comining.config import TrainConfig
 from comining.errors import InputError
 from comining.fileio import atomic_write_json
+from comining.training_log import METRICS_FILE, read_metrics
 
 ROUNDS_DIR = "rounds"
 RETRAIN_WINDOW = 30     # the latest decisions on a checkpoint ...
@@ -269,7 +270,7 @@ def forecast_round(run_dir, *, iters: int | None = None,
     run_dir = Path(run_dir)
     base = load_run_config(run_dir)
     length, every = round_plan(base, iters, checkpoint_every)
-    img_s = _latest_speed(run_dir / "metrics.jsonl")
+    img_s = _latest_speed(run_dir / METRICS_FILE)
     train_s = length * base.batch_size / img_s if img_s else None
     return RoundForecast(length, checkpoints_in(length, every), train_s,
                          _mining_seconds(run_dir, checkpoint_path), img_s)
@@ -289,8 +290,6 @@ def _speed_of(path: str, mtime_ns: int, size: int) -> float | None:
     """`_latest_speed` of the file as it was at (mtime_ns, size): the cache key."""
     import statistics
 
-    from comining.review.plots import read_metrics
-
     speeds = [r["img_s"] for r in read_metrics(path)
               if isinstance(r.get("img_s"), (int, float)) and r["img_s"] > 0][-SPEED_STEPS:]
     return statistics.median(speeds) if speeds else None
@@ -299,23 +298,26 @@ def _speed_of(path: str, mtime_ns: int, size: int) -> float | None:
 def _mining_seconds(run_dir: Path, checkpoint_path) -> float | None:
     """The median time from a checkpoint's file to its mining in the store, over the
     latest MINING_SAMPLES checkpoints the engine mined as it trained: mined before the
-    next checkpoint's file was written. A checkpoint mined again later (`comining mine`,
-    a benchmark) or the last one (nothing after it tells) is no sample."""
+    next checkpoint of the same round was written. A checkpoint mined again later
+    (`comining mine`, a benchmark), a round's last one (the next round starts whenever the
+    annotator asks) and the run's last one (nothing after it tells) are no samples."""
     import statistics
     from datetime import datetime
 
     conn = store.connect(run_dir / store.STORE_NAME)
     try:
         rows = store.checkpoints(conn)
+        round_of = store.checkpoint_rounds(conn)
     finally:
         conn.close()
-    times = []                  # (file written, mined) per mined checkpoint, in order
+    times = []                  # (round, file written, mined) per mined checkpoint, in order
     for r in rows:
         try:
-            times.append((checkpoint_path(run_dir, r["iteration"]).stat().st_mtime,
+            times.append((round_of.get(r["iteration"], 0),
+                          checkpoint_path(run_dir, r["iteration"]).stat().st_mtime,
                           datetime.fromisoformat(r["mined_at"]).timestamp()))
         except (OSError, TypeError, ValueError):
             times.append(None)  # the file was removed, or an old store's row
     gaps = [mined - saved for this, after in zip(times, times[1:]) if this and after
-            for saved, mined in [this] if saved <= mined <= after[0]]
+            for rnd, saved, mined in [this] if rnd == after[0] and saved <= mined <= after[1]]
     return statistics.median_low(gaps[-MINING_SAMPLES:]) if gaps else None

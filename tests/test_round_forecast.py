@@ -61,6 +61,22 @@ def test_the_forecast_times_a_round_at_the_runs_latest_speed_and_mining_time(tmp
     assert (shorter.iters, shorter.n_checkpoints, shorter.train_s) == (100, 4, 50)
 
 
+def test_a_rounds_last_checkpoint_is_no_sample_even_when_the_next_round_follows_its_mining(
+        tmp_path, small_dataset):
+    """The loop benchmark's case: round 0's last checkpoint (120) is mined again (900 s after
+    its file), then round 1 trains 240 and is mined, then round 2 trains 360. Both rounds'
+    last checkpoints were mined before the next file was written, but the gap holds the
+    time the annotator took to start the next round, not mining: only 20's 40 s tells."""
+    run = _run(tmp_path, small_dataset, speeds=(4,),
+               mined_after={20: 40, 50: 5000, 100: 5000, 120: 900, 240: 800, 360: 30})
+    conn = store.connect(run / store.STORE_NAME)
+    for n, (start, end) in enumerate([(120, 240), (240, 360)], 1):
+        store.add_round(conn, round=n, start_iteration=start, end_iteration=end, targets="[]",
+                        rejected="[]", decision_ids=[], n_accepted=0, n_rejected=0)
+    conn.close()
+    assert rounds.forecast_round(run).mine_s == 40
+
+
 def test_a_run_that_has_not_trained_or_mined_yet_says_so_instead_of_a_time(tmp_path, small_dataset):
     run = _run(tmp_path, small_dataset)
     f = rounds.forecast_round(run)

@@ -47,7 +47,8 @@ from comining.review.records import (
 )
 from comining.review.importing import import_decisions
 from comining.review.run import Run, open_run
-from comining.review.plots import mining_quality, plot_data, plot_figures, read_metrics
+from comining.review.plots import mining_quality, plot_data, plot_figures
+from comining.training_log import read_metrics
 from comining.review.stats import (
     calibrate, decision_counts, progress, recent_yield, remaining_estimate, untrained_decisions,
 )

@@ -3,7 +3,6 @@ view, and mining precision/recall against a sparsified set's hidden file."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -15,29 +14,7 @@ from comining.fileio import read_json
 from comining.review.boxes import iou_matrix
 from comining.review.records import IOU_SAME
 from comining.review.run import Run
-
-
-def read_metrics(path) -> list[dict]:
-    """metrics.jsonl rows (a half-written last line or a bad line is skipped)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("iteration"), (int, float)):
-                    rows.append(row)
-    except OSError:
-        return []
-    return rows
+from comining.training_log import METRICS_FILE, read_metrics
 
 
 def _hidden_boxes(path: Path) -> tuple[dict[int, list], int]:
@@ -104,7 +81,7 @@ def plot_data(run: Run) -> dict:
     checkpoint, and mining precision/recall per checkpoint when the run knows its
     hidden file (`quality` is None otherwise, with `quality_note` saying why)."""
     ckpts = run.checkpoint_rows()
-    data = {"metrics": read_metrics(run.dir / "metrics.jsonl"), "checkpoints": ckpts,
+    data = {"metrics": read_metrics(run.dir / METRICS_FILE), "checkpoints": ckpts,
             "quality": None, "quality_note": None}
     if run.hidden_path is None:
         data["quality_note"] = ("precision/recall need the hidden file of a sparsified set; "

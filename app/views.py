@@ -10,7 +10,7 @@ import numpy as np
 
 from app.retrain import Retrainer
 from comining import review
-from comining.calibration import MIN_DECISIONS, batch_precision
+from comining.calibration import NO_ESTIMATE, batch_precision
 from comining.errors import InputError
 
 FAST_PAGE = 24
@@ -263,8 +263,7 @@ def progress_md(ctx, st) -> str:
                      f"{r['rejected']} | {r['pending']} |"
                      + (f" {est.per_class.get(r['category_id'], 0.0):.0f} |" if est else ""))
     lines += ["", f"**Missing objects left:** {est.line()}." if est else
-              f"**Missing objects left:** decide {MIN_DECISIONS} objects of this checkpoint "
-              f"(accepts and rejects) for an estimate."]
+              f"**Missing objects left:** {NO_ESTIMATE}."]
     lines += ["", "<small>A candidate here is one object: the boxes both views mined for it, "
                   "of any class, count once. Decisions made at other checkpoints count when "
                   "they cover the same object (IoU ≥ 0.5, whatever the class).</small>"]

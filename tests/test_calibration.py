@@ -24,6 +24,18 @@ def test_no_estimate_before_enough_decisions_of_both_kinds():
     assert calibration.fit([0.9] * 6 + [0.1] * 4, [False] * 6 + [True] * 4) is None
 
 
+def test_no_estimate_while_the_decisions_do_not_pin_the_fall_of_acceptance_down():
+    """Two score groups of 10: logit-linear curves fit two groups exactly, so the curve's
+    chances are the groups' rates. 7 of 10 accepted at 0.9 and 3 of 10 at 0.1: log L =
+    20 (0.7 ln 0.7 + 0.3 ln 0.3) = -12.22 against 20 ln 0.5 = -13.86 for one rate, a
+    statistic of 3.29 < 3.84 (5 %): no estimate. 8 and 2 of 10: -10.01, 7.71: an estimate."""
+    scores = [0.9] * 10 + [0.1] * 10
+    assert calibration.fit(scores, [True] * 7 + [False] * 3 + [True] * 3 + [False] * 7) is None
+    cal = calibration.fit(scores, [True] * 8 + [False] * 2 + [True] * 2 + [False] * 8)
+    assert cal is not None
+    np.testing.assert_allclose(cal.chance([0.9, 0.1]), [0.8, 0.2], atol=1e-3)
+
+
 def test_identity_calibration_by_hand():
     """slope 1, intercept 0: the chance is the score itself."""
     cal = calibration.Calibration(1.0, 0.0, 20, 10)

@@ -280,8 +280,9 @@ def remaining(run_dir: Path, checkpoint, hidden: dict | None) -> dict | None:
 
 def print_remaining(rem: dict) -> None:
     if rem["estimate"] is None:
-        print(f"missing objects left at checkpoint {rem['checkpoint']}: no estimate yet (it needs "
-              f"decisions on this checkpoint's objects, accepts and rejects)")
+        from comining.calibration import NO_ESTIMATE
+
+        print(f"missing objects left at checkpoint {rem['checkpoint']}: {NO_ESTIMATE}")
         return
     truth = f"; truth (HIDDEN): {rem['truth']}" if "truth" in rem else ""
     print(f"missing objects left in the queue at checkpoint {rem['checkpoint']}: about "

@@ -71,9 +71,10 @@ def fit(scores, accepted) -> Calibration | None:
     n, k = len(y), int(y.sum())
     if n < MIN_DECISIONS or k == 0 or k == n:
         return None
+    x = _logit(scores)
     # C large: the plain maximum-likelihood Platt fit (scikit-learn regularises by default)
-    model = LogisticRegression(C=1e4).fit(_logit(scores), y)
-    if model.coef_[0, 0] <= 0 or _slope_lr(model.predict_proba(_logit(scores))[:, 1], y) < MIN_SLOPE_LR:
+    model = LogisticRegression(C=1e4).fit(x, y)
+    if model.coef_[0, 0] <= 0 or _slope_lr(model.predict_proba(x)[:, 1], y) < MIN_SLOPE_LR:
         return None
     return Calibration(float(model.coef_[0, 0]), float(model.intercept_[0]), n, k,
                        float(np.min(scores)))

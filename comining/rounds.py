@@ -318,6 +318,11 @@ def _mining_seconds(run_dir: Path, checkpoint_path) -> float | None:
                           datetime.fromisoformat(r["mined_at"]).timestamp()))
         except (OSError, TypeError, ValueError):
             times.append(None)  # the file was removed, or an old store's row
-    gaps = [mined - saved for this, after in zip(times, times[1:]) if this and after
-            for rnd, saved, mined in [this] if rnd == after[0] and saved <= mined <= after[1]]
+    gaps = []
+    for this, after in zip(times, times[1:]):
+        if this and after:
+            rnd, saved, mined = this
+            next_rnd, next_saved, _ = after
+            if rnd == next_rnd and saved <= mined <= next_saved:
+                gaps.append(mined - saved)
     return statistics.median_low(gaps[-MINING_SAMPLES:]) if gaps else None

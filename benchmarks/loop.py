@@ -524,6 +524,18 @@ def review_line(meta: dict) -> str:
     return f"; mined for review {', '.join(how)} (round 0's last checkpoint mined again so{shot})"
 
 
+def loops_from_line(meta: dict) -> str:
+    """Which loops were measured earlier (--loops-from), and when."""
+    earlier = meta.get("loops_from")
+    if not earlier:
+        return ""
+    methods = ", ".join(f"`{m}`" for m in earlier["methods"])
+    return (f" The loop of {methods} and the one-shot arm are {earlier['name']}.md's "
+            f"({earlier['when']}, commit {earlier['commit']}"
+            + (f"; estimates {earlier['estimates']}" if earlier.get("estimates") else "")
+            + "), on the same data, round 0 and settings.")
+
+
 def report(loops: dict, shot: dict, meta: dict) -> list[str]:
     n = shot["n_erased"]
     goal = int(np.ceil(TARGET * n))
@@ -537,7 +549,8 @@ def report(loops: dict, shot: dict, meta: dict) -> list[str]:
              + f"; refine rounds of {meta['iters']} iterations "
              f"(round 0: {meta['round0_iters']})"
              + review_line(meta)
-             + f". {n} erased labels; the target is {goal} ({TARGET:.0%}).", ""]
+             + f". {n} erased labels; the target is {goal} ({TARGET:.0%})."
+             + loops_from_line(meta), ""]
     for method, res in loops.items():
         lines += [f"## Loop, method `{method}`", "",
                   "| round | checkpoint | decisions | accepted | total decisions | recovered (export) "
@@ -657,6 +670,21 @@ def seeds_report(rows: list[dict]) -> list[str]:
     return lines
 
 
+def settings_clash(meta: dict, recipe: Recipe, iters: int, args) -> str | None:
+    """The first setting in which an earlier result (its meta) differs from this run's,
+    by name, or None: loops are only comparable on the same data, round 0 and rules."""
+    now = {"data": args.data, "recipe": recipe.name, "round0_seed": recipe.seed,
+           "round0_iters": recipe.settings["iters"], "iters": iters,
+           "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
+           "review_native": args.review_native, "native_max": NATIVE_MAX,
+           "stop_below": args.stop_below, "retrain_growth": args.retrain_growth}
+    defaults = {"data": "demo", "round0_seed": 0, "retrain_growth": None}
+    for key, value in now.items():
+        if meta.get(key, defaults.get(key)) != value:
+            return key
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
@@ -707,6 +735,10 @@ def main(argv=None) -> int:
     p.add_argument("--one-shot-from", metavar="NAME",
                    help="reuse the one-shot arm of benchmarks/results/NAME.json (it depends on "
                         "round 0 only) instead of reviewing round 0's whole queue again")
+    p.add_argument("--loops-from", metavar="NAME",
+                   help="take the loops (and one-shot arm) of benchmarks/results/NAME.json and "
+                        "run only --methods beside them: the same data, seed and settings, "
+                        "or it refuses (how the loop of one method is added to another's result)")
     p.add_argument("--summary", nargs="+", metavar="NAME[=START]",
                    help="run nothing: tabulate these loop results (NAME.json, one per round-0 "
                         "model; START describes how it started, default its seed) into --name's "
@@ -755,9 +787,19 @@ def main(argv=None) -> int:
     # options: the reused round-0 runs may have been mined by other settings
     review = {"native": args.review_native} | {k: v for k, v in (
         ("scales", tuple(args.review_scales or ())), ("flip", args.review_flip)) if v}
-    loops, shot = {}, None
+    loops, shot, loops_from = {}, None, None
     if args.one_shot_from:
         shot = json.loads((args.out / f"{args.one_shot_from}.json").read_text())["one_shot"]
+    if args.loops_from:
+        earlier = json.loads((args.out / f"{args.loops_from}.json").read_text())
+        clash = settings_clash(earlier["meta"], recipe, iters, args)
+        if clash:
+            p.error(f"{args.loops_from}.json was measured with another {clash}")
+        loops = {m: res for m, res in earlier["loops"].items() if m not in args.methods}
+        shot = shot or earlier["one_shot"]
+        loops_from = {"name": args.loops_from, "methods": list(loops),
+                      "commit": earlier["meta"]["commit"], "when": earlier["meta"]["when"],
+                      "estimates": earlier["meta"].get("estimates")}
     t0 = time.perf_counter()
     for method in args.methods:
         data, run0 = round0_run(method, args.work, recipe)
@@ -784,7 +826,8 @@ def main(argv=None) -> int:
             "round0_seed": recipe.seed, "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
             "review_native": args.review_native, "native_max": NATIVE_MAX,
             "one_shot_review": None if review is None else not args.one_shot_from,
-            "one_shot_from": args.one_shot_from,
+            "one_shot_from": args.one_shot_from or (loops_from or {}).get("name"),
+            "loops_from": loops_from,
             "window": WINDOW, "stop_below": args.stop_below, "retrain_growth": args.retrain_growth, "wall_s": round(time.perf_counter() - t0)}
     lines = report(loops, shot, meta)
     print("\n".join(lines))

@@ -111,3 +111,26 @@ def test_the_tail_study_sorts_the_queue_head_by_what_each_box_lies_on():
         "on or near a labelled object": 2, "clutter (IoU < 0.1 with any object)": 1}
     assert dict(tail.head_mix(items[:1] * (tail.HEAD + 5), oracle, labelled)) == {
         "an unfound label": tail.HEAD}       # only the head is read
+
+
+def test_loops_from_an_earlier_result_must_share_its_data_round0_and_rules():
+    """--loops-from adds a method's loop beside an earlier result's: an earlier result of
+    another seed, round length or mining refuses by the setting's name; one older than a
+    setting's key reads the setting's default (seed 0, the demo's data)."""
+    import argparse
+
+    args = argparse.Namespace(data="demo", review_scales=None, review_flip=False,
+                              review_native=True, stop_below=0.5, retrain_growth=None)
+    same = {"data": "demo", "recipe": "cpu", "round0_seed": 0, "round0_iters": 1200,
+            "iters": 1200, "review_scales": [1.0], "review_flip": False, "review_native": True,
+            "native_max": loop.NATIVE_MAX, "stop_below": 0.5, "retrain_growth": None}
+    recipe = loop.Recipe()
+    assert recipe.settings["iters"] == 1200          # the CPU recipe these metas describe
+    assert loop.settings_clash(same, recipe, 1200, args) is None
+    older = {k: v for k, v in same.items() if k not in ("data", "round0_seed", "retrain_growth")}
+    assert loop.settings_clash(older, recipe, 1200, args) is None
+    assert loop.settings_clash(same, loop.Recipe(seed=1), 1200, args) == "round0_seed"
+    assert loop.settings_clash(same, recipe, 600, args) == "iters"
+    assert loop.settings_clash(same | {"native_max": 2.0}, recipe, 1200, args) == "native_max"
+    flipped = argparse.Namespace(**(vars(args) | {"review_flip": True}))
+    assert loop.settings_clash(same, recipe, 1200, flipped) == "review_flip"

@@ -99,8 +99,10 @@ def round0_run(method: str, work: Path, recipe: Recipe = Recipe()) -> tuple[Path
     from comining.checkpoints import list_checkpoints
     from comining.engine import train
 
+    # another method's loop needs the data, not co-mining's round 0 (--loops-from has its loop)
     paths = prepare(recipe.setting, SETTINGS[recipe.setting], work, settings=recipe.settings,
-                    device=recipe.device, run_name=f"run{recipe.suffix}", seed=recipe.seed)
+                    device=recipe.device, run_name=f"run{recipe.suffix}", seed=recipe.seed,
+                    train_missing=method == "comining")
     data = paths["sparse"].parents[1]
     if method == "comining":
         return data, paths["run"]

@@ -148,9 +148,6 @@ class TrainConfig:
     num_workers: int = 2
     log_every: int = 20
     mine: bool = True                   # mine the training set at every checkpoint
-    # co-generation begins at this iteration (the paper's: 0); before it each view trains on
-    # the annotations only
-    cogeneration_from: int = 0
     hidden: str | None = None           # HIDDEN.json of a sparsified set, for mining scores
     thresholds: MiningThresholds = field(default=None)
     review: ReviewMining = field(default_factory=ReviewMining)   # mining for the annotator
@@ -184,8 +181,6 @@ class TrainConfig:
             bad(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.augment not in ("color", "blur", "color+blur"):
             bad(f"unknown augment {self.augment!r}; choose color, blur or color+blur")
-        if self.cogeneration_from < 0:
-            bad("--cogeneration-from must be 0 or more")
         for name in ("iters", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 bad(f"--{name.replace('_', '-')} must be at least 1")

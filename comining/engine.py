@@ -263,8 +263,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, held: ExitStack) -
     try:
         for it, batch in zip(range(start, config.iters), loader):
             batch = batch.to(device)
-            out = training_step(ctx.dense, batch, config.method, config.thresholds, augmenter,
-                                cogenerate=it >= config.cogeneration_from)
+            out = training_step(ctx.dense, batch, config.method, config.thresholds, augmenter)
             if not torch.isfinite(out.loss):
                 parts = ", ".join(f"{k}={float(v):.4g}" for k, v in out.loss_parts.items())
                 raise CominingError(

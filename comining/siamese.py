@@ -57,16 +57,8 @@ def pseudo_boxes(detector, head, anchors, per_level, batch: Batch, thresholds: M
     return out
 
 
-def no_pseudo_boxes(batch: Batch) -> list[dict]:
-    """Co-generation's output when it is off (before `cogeneration_from`): none per image."""
-    device = batch.images.device
-    return [{"boxes": torch.zeros((0, 4), device=device),
-             "labels": torch.zeros((0,), dtype=torch.int64, device=device),
-             "scores": torch.zeros((0,), device=device)} for _ in batch.targets]
-
-
 def training_step(dense: DenseForward, batch: Batch, method: str, thresholds: MiningThresholds,
-                  augmenter, *, cogenerate: bool = True) -> StepOutput:
+                  augmenter) -> StepOutput:
     views = METHOD_VIEWS[method]
     inputs = {"original": batch.images}
     if "augmented" in views:
@@ -78,7 +70,7 @@ def training_step(dense: DenseForward, batch: Batch, method: str, thresholds: Mi
 
     sources = set(METHOD_PSEUDO_SOURCE[method].values())
     pseudo = {v: pseudo_boxes(dense.detector, heads[v], anchors[:b], per_level, batch, thresholds)
-              if cogenerate else no_pseudo_boxes(batch) for v in sources}
+              for v in sources}
     targets = build_view_targets(method, batch.targets, pseudo)
 
     view_losses, parts = {}, {}

@@ -102,26 +102,6 @@ def test_training_step_feeds_each_view_the_other_views_pseudo_boxes(tiny_dataset
     assert out.targets["augmented"][0]["boxes"][n_ann:, 0].tolist() == [from_original]
 
 
-def test_cogeneration_begins_at_its_iteration(tiny_dataset, tmp_path, monkeypatch):
-    """cogeneration_from=2: the first two steps train both views on the annotations only
-    (an untrained detector's confident boxes are no targets), the third on pseudo boxes
-    too: the training log counts them per step, and co-generation is not even asked."""
-    asked = []
-
-    def confident_everywhere(detector, head, anchors, per_level, batch, thresholds):
-        asked.append(True)
-        return [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]]), "labels": torch.tensor([0]),
-                 "scores": torch.tensor([0.9])} for _ in batch.targets]
-
-    monkeypatch.setattr(siamese, "pseudo_boxes", confident_everywhere)
-    run = tmp_path / "run"
-    train(tiny_config(tiny_dataset, run, iters=3, checkpoint_every=3, cogeneration_from=2))
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    counts = {r["iteration"]: (r["pseudo_original"], r["pseudo_augmented"]) for r in rows}
-    assert counts == {1: (0, 0), 2: (0, 0), 3: (2, 2)}       # 2 images a batch, 1 box each
-    assert len(asked) == 2                                     # the third step's two views
-
-
 def test_crowd_region_suppresses_pseudo_boxes_in_a_training_step(tmp_path, monkeypatch, one_thread):
     """Through a real co-mining step on a dataset with a crowd annotation: a confident
     detection inside the crowd region never becomes a target, the same detection outside

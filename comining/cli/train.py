@@ -69,9 +69,6 @@ def register(subparsers) -> None:
     p.add_argument("--score-thresh", type=float, metavar="TAU",
                    help="co-generation score threshold (RetinaNet 0.6, FCOS 0.5)")
     p.add_argument("--nms-iou", type=float, metavar="T1", help="class-wise NMS IoU (RetinaNet 0.5, FCOS 0.6)")
-    p.add_argument("--cogeneration-from", type=int, default=0, metavar="N",
-                   help="start co-generation at iteration N (default 0, the paper's); before it "
-                        "both views train on the annotations only")
     p.add_argument("--gt-iou", type=float, metavar="T2",
                    help="drop a pseudo box overlapping a same-class annotation above this IoU (0.4)")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
@@ -97,7 +94,6 @@ def config_from_args(args):
         weights_backbone=args.weights_backbone, init=args.init,
         init_keep_classes=args.init_keep_classes, device=args.device, seed=args.seed,
         lr=args.lr, num_workers=args.workers, log_every=args.log_every, mine=not args.no_mine,
-        cogeneration_from=args.cogeneration_from,
         hidden=args.hidden, thresholds=thresholds, amp=args.amp,
         channels_last=args.channels_last, review=review_mining_from_args(args))
 

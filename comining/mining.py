@@ -22,8 +22,8 @@ boxes mirrored back and joined the same way.
 
 Boxes thinner than MIN_SIDE original pixels are not candidates: an early or weak detector
 emits many such slivers (its regressed sides collapse), nobody can review them, and
-export drops them anyway (`review.clean_boxes`). Training's co-generation keeps them, as
-the authors' code does.
+export drops them anyway (`review.clean_boxes`). Training's co-generation drops them too
+(`comining.cogeneration.MIN_SIDE`, in input pixels).
 """
 
 from __future__ import annotations

@@ -114,6 +114,16 @@ def test_at_most_max_per_image_boxes():
     assert len(out) == 100 and out.tolist() == list(range(100))  # the best 100
 
 
+def test_a_box_thinner_than_a_pixel_is_no_pseudo_box_and_takes_no_place_under_the_cap():
+    """Slivers (0 or 0.5 px wide, or 0.9 px tall) are dropped whatever their score; a
+    1 x 1 px box is kept; with a cap of 1, the sliver scoring highest does not take the
+    place of the real box."""
+    b = boxes([0, 0, 0, 10], [20, 20, 20.5, 40], [50, 50, 70, 50.9], [80, 80, 81, 81], [5, 60, 25, 80])
+    assert kept(b, [0.99, 0.98, 0.97, 0.7, 0.8], [0, 0, 0, 0, 0]) == [4, 3]
+    capped = MiningThresholds(score_thresh=0.6, nms_iou=0.5, gt_iou=0.4, max_per_image=1)
+    assert kept(b, [0.99, 0.98, 0.97, 0.7, 0.8], [0, 0, 0, 0, 0], t=capped) == [4]
+
+
 def test_agreement_matches_same_class_only():
     a = boxes([0, 0, 10, 10], [50, 50, 60, 60])
     b = boxes([1, 0, 11, 10], [50, 50, 60, 60])

@@ -141,6 +141,46 @@ def test_crowd_region_suppresses_pseudo_boxes_in_a_training_step(tmp_path, monke
     assert torch.isfinite(out.loss)
 
 
+def test_a_sliver_is_no_pseudo_box_and_leaves_retinanets_loss_as_without_it(tmp_path, monkeypatch,
+                                                                                 one_thread):
+    """Through a real RetinaNet co-mining step: a confident 0.5 x 12 px sliver (what an
+    untrained detector scores above tau) never becomes a target of either view, and the
+    loss is the loss with only the real pseudo box; a 12 px box beside it is a target."""
+    import numpy as np
+    from PIL import Image
+
+    from comining.coco import load_coco
+    from comining.data import collate
+    from comining.engine import RunContext
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    ann = write_json(tmp_path / "ann.json", {
+        "images": [{"id": 1, "file_name": "a.png", "width": 128, "height": 128}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 16, 16]}]})
+    sliver, real = [60.0, 60.0, 60.5, 72.0], [80.0, 80.0, 92.0, 92.0]
+    shown = {"boxes": [sliver, real]}
+
+    def confident(detector, head, anchors, per_level, sizes, **kwargs):
+        n = len(shown["boxes"])
+        return [{"boxes": torch.tensor(shown["boxes"]), "scores": torch.full((n,), 0.9),
+                 "labels": torch.zeros(n, dtype=torch.long)} for _ in sizes]
+
+    monkeypatch.setattr(siamese, "view_detections", confident)
+    cfg = tiny_config(tmp_path, tmp_path / "run", images=str(tmp_path / "images"), ann=str(ann),
+                      image_size=128, detector="retinanet")   # network pixels = image pixels
+    ctx = RunContext(cfg, tmp_path / "run", load_coco(cfg.ann, cfg.images), torch.device("cpu"))
+    ctx.dense.net.eval()       # the same head outputs for both steps below
+    batch = collate([ctx.train_dataset[0]])
+    out = siamese.training_step(ctx.dense, batch, "comining", cfg.thresholds, lambda img: img)
+    for view in ("original", "augmented"):
+        assert out.targets[view][0]["boxes"].tolist() == [[8.0, 8.0, 24.0, 24.0], real], view
+    shown["boxes"] = [real]
+    without = siamese.training_step(ctx.dense, batch, "comining", cfg.thresholds, lambda img: img)
+    assert float(out.loss.detach()) == pytest.approx(float(without.loss.detach()), rel=1e-6)
+
+
 def test_config_scales_the_papers_schedule():
     """The paper's 90k schedule (1k warm-up, steps at 60k/80k, lr 0.01 at batch 16) and its
     scaled forms."""

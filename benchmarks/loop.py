@@ -672,16 +672,21 @@ def seeds_report(rows: list[dict]) -> list[str]:
     return lines
 
 
+def loop_settings(recipe: Recipe, iters: int, args) -> dict:
+    """What a loop result depends on (its data, round 0, mining and rules), as its meta
+    records them: loops are comparable only where these agree."""
+    return {"data": args.data, "recipe": recipe.name, "iters": iters,
+            "round0_iters": recipe.settings["iters"], "round0_seed": recipe.seed,
+            "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
+            "review_native": args.review_native, "native_max": NATIVE_MAX,
+            "stop_below": args.stop_below, "retrain_growth": args.retrain_growth}
+
+
 def settings_clash(meta: dict, recipe: Recipe, iters: int, args) -> str | None:
-    """The first setting in which an earlier result (its meta) differs from this run's,
-    by name, or None: loops are only comparable on the same data, round 0 and rules."""
-    now = {"data": args.data, "recipe": recipe.name, "round0_seed": recipe.seed,
-           "round0_iters": recipe.settings["iters"], "iters": iters,
-           "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
-           "review_native": args.review_native, "native_max": NATIVE_MAX,
-           "stop_below": args.stop_below, "retrain_growth": args.retrain_growth}
+    """The first of `loop_settings` in which an earlier result (its meta) differs from
+    this run's, by name, or None. A result older than a setting's key had its default."""
     defaults = {"data": "demo", "round0_seed": 0, "retrain_growth": None}
-    for key, value in now.items():
+    for key, value in loop_settings(recipe, iters, args).items():
         if meta.get(key, defaults.get(key)) != value:
             return key
     return None
@@ -823,14 +828,11 @@ def main(argv=None) -> int:
     meta = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": git_commit(), "hardware": hardware(recipe.device),
             "setting": f"{SETTINGS[args.data]['what']}, hard split, " + recipe.describe(),
-            "data": args.data,
-            "recipe": recipe.name, "iters": iters, "round0_iters": recipe.settings["iters"],
-            "round0_seed": recipe.seed, "review_scales": args.review_scales or [1.0], "review_flip": args.review_flip,
-            "review_native": args.review_native, "native_max": NATIVE_MAX,
+            **loop_settings(recipe, iters, args),
             "one_shot_review": None if review is None else not args.one_shot_from,
             "one_shot_from": args.one_shot_from or (loops_from or {}).get("name"),
             "loops_from": loops_from,
-            "window": WINDOW, "stop_below": args.stop_below, "retrain_growth": args.retrain_growth, "wall_s": round(time.perf_counter() - t0)}
+            "window": WINDOW, "wall_s": round(time.perf_counter() - t0)}
     lines = report(loops, shot, meta)
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -71,6 +74,12 @@ SETTINGS = {
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def grid_at_seeds(grid: list[tuple], seeds) -> list[tuple]:
+    """Every (detector, split) of a grid of (detector, split, seed), once at each seed."""
+    cells = dict.fromkeys((d, sp) for d, sp, _ in grid)
+    return [(d, sp, sd) for d, sp in cells for sd in seeds]
 
 
 def device_name(device: str) -> str:
@@ -325,6 +334,32 @@ def diagnose(rows: list[dict]) -> list[str]:
     return out
 
 
+def over_seeds(rows: list[dict]) -> list[str]:
+    """Mean and range over training seeds of each (detector, split, method) run at two or
+    more seeds: a from-scratch CPU recipe moves by several AP points from seed to seed, so
+    one seed's difference between methods says little."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["detector"], r["split"], r["method"])].append(r)
+    groups = {k: v for k, v in groups.items() if len(v) >= 2}
+    if not groups:
+        return []
+
+    def spread(vals) -> str:
+        vals = [v for v in vals if v is not None]
+        return f"{fmt(float(np.mean(vals)))} ({fmt(min(vals))}-{fmt(max(vals))})" if vals else "-"
+
+    out = ["", "## Over seeds", "", "Mean (lowest-highest) over the training seeds.", "",
+           "| split | method | detector | seeds | AP | AP50 | mining recall | mining precision "
+           "| R@P90 |", "|---|---|---|---|---|---|---|---|---|"]
+    for (detector, split, method), rs in groups.items():
+        out.append(f"| {split} | {method} | {detector} | {', '.join(str(r['seed']) for r in rs)} | "
+                   + " | ".join(spread([r[k] for r in rs]) for k in
+                                ("AP", "AP50", "mining_recall", "mining_precision",
+                                 "mining_recall_at_p90")) + " |")
+    return out
+
+
 def write_reports(out_dir: Path, meta: dict, rows: list[dict]) -> None:
     json_rows = [{k: r[k] for k in ("split", "method", "detector", "seed", "AP", "AP50",
                                     "mining_recall", "mining_precision")} |
@@ -373,6 +408,7 @@ def write_reports(out_dir: Path, meta: dict, rows: list[dict]) -> None:
                  f"{fmt(r['mining_recall'])} | {fmt(r['mining_precision'])} | "
                  f"{fmt(r['mining_recall_at_p90'])} | {last.get('union', {}).get('n_mined', 0)} | "
                  f"{r['train_s']:.0f} |")
+    L += over_seeds(rows)
     L += ["", "## Anchors (same data, from each split's `original` run)", "",
           "pseudo-label: the `original` run's own mining (original view, same thresholds). "
           "FiftyOne: its test-time predictions on the training images with confidence > 0.95 "
@@ -417,9 +453,14 @@ def main(argv=None) -> int:
                       ("fpn-channels", int)):
         g.add_argument(f"--{name}", type=typ, default=None, dest=name.replace("-", "_"))
     g.add_argument("--splits", nargs="+", choices=SPLITS, help="only these splits")
-    g.add_argument("--methods", nargs="+", choices=METHODS, help="only these methods")
+    g.add_argument("--methods", nargs="+", choices=METHODS,
+                   help="these methods instead of the setting's (the quick setting runs "
+                        "original, self and comining)")
     g.add_argument("--detectors", nargs="+", choices=("retinanet", "fcos"), help="only these detectors")
     g.add_argument("--seeds", nargs="+", type=int, help="only these training seeds")
+    g.add_argument("--train-seeds", nargs="+", type=int, metavar="SEED",
+                   help="run every detector and split of the grid at these training seeds "
+                        "instead of the grid's own (spread over seeds: the report's 'Over seeds')")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -435,11 +476,13 @@ def main(argv=None) -> int:
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     s["checkpoint_every"] = min(s["checkpoint_every"], s["iters"])
+    if args.train_seeds:
+        s["grid"] = grid_at_seeds(s["grid"], args.train_seeds)
     s["grid"] = [(d, sp, sd) for d, sp, sd in s["grid"]
                  if (not args.detectors or d in args.detectors) and (not args.splits or sp in args.splits)
                  and (not args.seeds or sd in args.seeds)]
     if args.methods:
-        s["methods"] = tuple(m for m in s.get("methods", METHODS) if m in args.methods)
+        s["methods"] = tuple(m for m in METHODS if m in args.methods)
     work = Path(args.work or REPO / "runs" / "accuracy-bench" / name)
     if args.fresh and (work / "results").exists():
         shutil.rmtree(work / "results")

@@ -108,20 +108,19 @@ def prepare(name: str, spec: dict, work: Path, *, train_missing: bool = True,
     return {"sparse": sparse, "hidden": hidden, "run": run}
 
 
-def raw_detections(run: Path, iteration: int, *, class_score: bool, size: int | None = None) -> dict:
+def raw_detections(run: Path, iteration: int, *, class_score: bool, size: int | None = None,
+                   device: str = "cpu") -> dict:
     """{image_id: {view: (xywh (N, 4), category ids (N,), scores (N,))}} of one checkpoint,
     the images fed at `size` px (longer side; default the training size), cached in
     RUN/bench/ as plain arrays (never pickled)."""
     name = f"raw_{iteration}_{'class' if class_score else 'test'}{f'_{size}px' if size else ''}.npz"
     cache = run / "bench" / name
     if not cache.exists():
-        import torch
-
         from comining.data import DetectionDataset
         from comining.engine import RunContext
         from comining.mining import VIEWS, detect_views
 
-        ctx = RunContext.open(run, device="cpu")
+        ctx = RunContext.open(run, device=device)
         it, path = ctx.checkpoint_path(iteration)
         ctx.load_weights(path)
         dataset = ctx.mining_dataset
@@ -131,7 +130,7 @@ def raw_detections(run: Path, iteration: int, *, class_score: bool, size: int | 
         rows = []
         for rec, dets in detect_views(ctx.dense, dataset, score_thresh=RAW_FLOOR,
                                       nms_iou=ctx.config.thresholds.nms_iou, max_per_image=100,
-                                      augment=ctx.config.augment, device=torch.device("cpu"),
+                                      augment=ctx.config.augment, device=ctx.device,
                                       batch_size=ctx.config.batch_size, num_workers=0,
                                       seed=ctx.config.seed + it, class_score=class_score):
             for v, view in enumerate(VIEWS):
@@ -208,25 +207,10 @@ def co_generation_queue(raw, labels: Labels, *, score: float, nms_iou: float,
                         any_class_iou: float | None = None) -> list[dict]:
     """Each view's co-generation (the training rule, at `score`), the union of the views,
     optionally without boxes on an annotation of any class; ranked by score."""
-    import torch
-
-    from comining.cogeneration import co_generate
     from comining.config import MiningThresholds
     from comining.mining_quality import select
 
-    th = MiningThresholds(score_thresh=score, nms_iou=nms_iou)
-    boxes_out = []
-    for image_id, views in raw.items():
-        gt, gt_cls, crowd = labels.of(image_id)
-        for v, (xywh, cats, scores) in views.items():
-            if not len(scores):
-                continue
-            keep = co_generate(_xyxy(xywh), torch.as_tensor(scores), torch.as_tensor(cats),
-                               _xyxy(gt), torch.as_tensor(gt_cls), _xyxy(crowd), th).numpy()
-            for k in keep:
-                boxes_out.append({"image_id": image_id, "bbox": xywh[k].tolist(),
-                                  "category_id": int(cats[k]), "score": float(scores[k]),
-                                  "view": ("original", "augmented")[v], "agreed": None})
+    boxes_out = co_generation_boxes(raw, labels, MiningThresholds(score_thresh=score, nms_iou=nms_iou))
     if any_class_iou is not None:
         from comining.boxes import iou_matrix
         kept = []
@@ -236,6 +220,29 @@ def co_generation_queue(raw, labels: Labels, *, score: float, nms_iou: float,
                 kept.append(b)
         boxes_out = kept
     return select(boxes_out, "union")
+
+
+def co_generation_boxes(raw, labels: Labels, thresholds) -> list[dict]:
+    """Each view's boxes that training's co-generation keeps (comining.cogeneration:
+    tau, theta1, theta2 against the kept annotations, crowd regions), as candidate dicts
+    (image_id, bbox, category_id, score, view)."""
+    import torch
+
+    from comining.cogeneration import co_generate
+
+    boxes_out = []
+    for image_id, views in raw.items():
+        gt, gt_cls, crowd = labels.of(image_id)
+        for v, (xywh, cats, scores) in views.items():
+            if not len(scores):
+                continue
+            keep = co_generate(_xyxy(xywh), torch.as_tensor(scores), torch.as_tensor(cats),
+                               _xyxy(gt), torch.as_tensor(gt_cls), _xyxy(crowd), thresholds).numpy()
+            for k in keep:
+                boxes_out.append({"image_id": image_id, "bbox": xywh[k].tolist(),
+                                  "category_id": int(cats[k]), "score": float(scores[k]),
+                                  "view": ("original", "augmented")[v], "agreed": None})
+    return boxes_out
 
 
 def object_queue(raw, labels: Labels, review, *, views=(0, 1)) -> list[dict]:

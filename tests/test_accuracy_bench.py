@@ -36,3 +36,23 @@ def test_over_seeds_gives_mean_and_range_per_method_and_skips_single_seeds():
     assert table == ["| hard | joint | fcos | 0, 1, 2 | 30.0 (20.0-40.0) | - | 20.0 (10.0-30.0) "
                      "| 50.0 (50.0-50.0) | 0.0 (0.0-0.0) |"]
     assert accuracy.over_seeds(rows[-1:]) == []
+
+
+def test_paper_mining_keeps_what_co_generation_keeps_per_view():
+    """The accuracy table's mining is training's rule applied to each view's raw boxes: a
+    box above tau on no annotation is kept (in the image's pixels, its own view); one below
+    tau, and one on an annotation of its class, are not."""
+    import numpy as np
+
+    from benchmarks.mining import Labels, co_generation_boxes
+    from comining.config import MiningThresholds
+
+    sparse = {"images": [{"id": 7, "width": 100, "height": 100}],
+              "annotations": [{"id": 1, "image_id": 7, "category_id": 2, "bbox": [60, 60, 20, 20]}]}
+    free, low, on_label = [5, 5, 20, 20], [40, 5, 20, 20], [61, 61, 20, 20]
+    raw = {7: {0: (np.array([free, low, on_label], float), np.array([1, 1, 2]),
+                   np.array([0.9, 0.3, 0.8])),
+               1: (np.array([free], float), np.array([3]), np.array([0.7]))}}
+    boxes = co_generation_boxes(raw, Labels(sparse), MiningThresholds(score_thresh=0.5, nms_iou=0.6))
+    assert sorted((b["view"], b["bbox"], b["category_id"]) for b in boxes) == [
+        ("augmented", [5.0, 5.0, 20.0, 20.0], 3), ("original", [5.0, 5.0, 20.0, 20.0], 1)]

@@ -448,10 +448,12 @@ def write_reports(out_dir: Path, meta: dict, rows: list[dict]) -> None:
                 L.append(f"| {r['split']} | {r['detector']} | {r['seed']} | {name} | {m['n_mined']} | "
                          f"{fmt(m['recall'])} | {fmt(m['precision'])} | {fmt(m['recall_at_p90'])} |")
     if meta["quick"]:
+        n_seeds = len({r["seed"] for r in rows})
         L += ["", "The quick setting checks the protocol end to end on CPU with the demo's recipe: "
-                  "one split, one seed, a from-scratch detector that has seen 300 images. Its "
-                  "numbers show the direction on that recipe, not the method's size of effect; "
-                  "the benchmark is the full setting, run on a GPU."]
+                  f"one split, {n_seeds} training seed{'s' if n_seeds != 1 else ''}, a from-scratch "
+                  "detector that has seen 300 images. Its numbers show the direction on that "
+                  "recipe, not the method's size of effect; the benchmark is the full setting, "
+                  "run on a GPU."]
     L += ["", "## Targets", ""] + check_targets(rows)
     L += ["", "## Where mining stands (detector reach vs mined)", ""] + diagnose(rows)
     if meta.get("failed"):

@@ -17,10 +17,12 @@ Two evaluations of a trained run (give either or both):
       detections. A size range with no ground truth prints '-' (null in --json).
 
   mining     --hidden HIDDEN.json   (the erased annotations from `comining sparsify`)
-      at every mined checkpoint, for the original view, the augmented view, their
-      union (a box found by both views counted once) and the boxes both views agreed
-      on: recall of the erased annotations (same class, IoU >= 0.5), precision of the
-      mined boxes (a hit on an erased or a kept annotation is correct), the best
+      at every mined checkpoint, the candidates mined for review (every box above the
+      review floor: many, so recall is high and precision low; the curve's columns
+      tell more) of the original view, the augmented view, their union (a box found
+      by both views counted once) and the boxes both views agreed on: recall of the
+      erased annotations (same class, IoU >= 0.5), precision of the candidates (a hit
+      on an erased or a kept annotation is correct), the best
       recall at precision >= 0.9 over score thresholds, and (in --json) the
       precision/recall curve over the score. --anchors adds FiftyOne's rule
       (confidence > 0.95, no annotation at IoU 0.5) and cleanlab's overlooked-box
@@ -212,7 +214,8 @@ def _mining_row(name: str, m: dict, it="") -> str:
 
 
 def print_mining(quality: dict, extra: dict | None) -> None:
-    print("mining (recall of the erased annotations; precision of the mined boxes):")
+    print("candidates mined for review, every box above the floor (recall of the erased "
+          "annotations; precision of the candidates):")
     print(f"  {'checkpoint':>10}  {'selection':<10} {'mined':>7} {'found/erased':>13} {'recall':>7}"
           f" {'precision':>9} {'R@P>=.9':>8} {'PR-AUC':>7}")
     for it, per_sel in quality.items():

@@ -40,8 +40,6 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -367,7 +365,7 @@ def over_seeds(rows: list[dict]) -> list[str]:
 
     def spread(vals) -> str:
         vals = [v for v in vals if v is not None]
-        return f"{fmt(float(np.mean(vals)))} ({fmt(min(vals))}-{fmt(max(vals))})" if vals else "-"
+        return f"{fmt(mean(vals))} ({fmt(min(vals))}-{fmt(max(vals))})" if vals else "-"
 
     out = ["", "## Over seeds", "", "Mean (lowest-highest) over the training seeds.", "",
            "| split | method | detector | seeds | AP | AP50 | mining recall | mining precision "
